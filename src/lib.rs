@@ -1,11 +1,20 @@
 //! api-guard: a proxy-wasm filter for Envoy that secures the APIs behind it.
 //!
-//! The core (every module except `proxy`) is plain Rust with no proxy-wasm types: time,
-//! counters and signature checks come in through small traits so that every decision is
-//! tested natively. `proxy` is the thin adapter compiled only for wasm32.
+//! The core (every module except `proxy`) is plain Rust with no proxy-wasm types: time and
+//! signature checks come in through small traits so that every decision is tested natively.
+//! `proxy` is the thin adapter compiled only for wasm32.
 
+pub mod config;
 pub mod config_error;
+pub mod events;
+pub mod jwt;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mint;
+pub mod policy;
+pub mod reply;
+pub mod request;
 pub mod routes;
+pub mod strict_json;
 
 #[cfg(target_arch = "wasm32")]
 mod proxy;

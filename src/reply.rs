@@ -1,0 +1,142 @@
+//! The one error envelope (spec: `{"error", "code", "request_id"}`) and the local replies the
+//! filter sends. Bodies hold a generic sentence only: details go to the security-event log.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthorized,
+    InvalidToken,
+    TokenExpired,
+    InvalidApiKey,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    CredentialsInUrl,
+    BadRequest,
+    InvalidSignature,
+    CorsRejected,
+    RateLimited,
+    UpstreamError,
+    ServiceUnavailable,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::CredentialsInUrl => "credentials_in_url",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::CorsRejected => "cors_rejected",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::ServiceUnavailable => "service_unavailable",
+        }
+    }
+
+    /// The status the filter answers with (`upstream_error` keeps the upstream's own 5xx).
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized
+            | ErrorCode::InvalidToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::InvalidApiKey => 401,
+            ErrorCode::Forbidden | ErrorCode::CorsRejected => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::CredentialsInUrl | ErrorCode::BadRequest | ErrorCode::InvalidSignature => {
+                400
+            }
+            ErrorCode::RateLimited => 429,
+            ErrorCode::UpstreamError => 502,
+            ErrorCode::ServiceUnavailable => 503,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "Authentication is required.",
+            ErrorCode::InvalidToken => "The access token is invalid.",
+            ErrorCode::TokenExpired => "The access token has expired.",
+            ErrorCode::InvalidApiKey => "The API key is invalid.",
+            ErrorCode::Forbidden => "You do not have permission to perform this request.",
+            ErrorCode::NotFound => "The requested resource was not found.",
+            ErrorCode::PayloadTooLarge => "The request body is too large.",
+            ErrorCode::CredentialsInUrl => "Credentials must not be sent in the URL.",
+            ErrorCode::BadRequest => "The request is malformed.",
+            ErrorCode::InvalidSignature => "The request signature is invalid.",
+            ErrorCode::CorsRejected => "This cross-origin request is not allowed.",
+            ErrorCode::RateLimited => "Too many requests.",
+            ErrorCode::UpstreamError => "An unexpected error occurred.",
+            ErrorCode::ServiceUnavailable => "The service is temporarily unavailable.",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: &'a str,
+    code: &'a str,
+    request_id: &'a str,
+}
+
+pub fn envelope(code: ErrorCode, request_id: &str) -> String {
+    let envelope = Envelope {
+        error: code.message(),
+        code: code.code(),
+        request_id,
+    };
+    serde_json::to_string(&envelope).unwrap_or_else(|_| String::from("{}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// RFC 6750 section 3: a challenge without `error` when no token came, with it when one did.
+pub const CHALLENGE_NO_TOKEN: &str = "Bearer realm=\"api\"";
+pub const CHALLENGE_BAD_TOKEN: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
+
+impl LocalReply {
+    pub fn new(code: ErrorCode, request_id: &str) -> LocalReply {
+        LocalReply {
+            status: code.status(),
+            code,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), "no-store".into()),
+                ("x-request-id".into(), request_id.into()),
+            ],
+            body: envelope(code, request_id),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> LocalReply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_exactly_three_fields_and_escapes_the_request_id() {
+        assert_eq!(
+            envelope(ErrorCode::InvalidToken, "ab\"c"),
+            r#"{"error":"The access token is invalid.","code":"invalid_token","request_id":"ab\"c"}"#
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Minimal HTTP/1.1 plumbing shared by the test client and the test upstream.
+//!
+//! Hand-written on purpose: the client must send paths and headers exactly as
+//! given (unnormalised paths, duplicate headers, odd casing), which ordinary
+//! HTTP client libraries refuse to do.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Read timeout of the test client.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest head (request/status line plus headers) either side accepts.
+const MAX_HEAD_BYTES: usize = 1024 * 1024;
+
+/// A response as seen by the downstream client.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lower-cased; duplicates kept, in wire order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// Every value of header `name` (case-insensitive), in wire order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as text (lossy UTF-8).
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON; panics (with the body) if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}); status {}, body: {:?}",
+                self.status,
+                self.body_str()
+            )
+        })
+    }
+}
+
+pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn has_header(headers: &[(&str, &str)], name: &str) -> bool {
+    headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+}
+
+/// Sends one request on a fresh connection and reads the response.
+///
+/// * The request target `path` is sent verbatim.
+/// * `headers` are sent verbatim and in order (duplicates allowed).
+/// * `Host: <addr>` is added unless the caller supplies `host`;
+///   `Connection: close` unless the caller supplies `connection`.
+/// * With `body = Some(..)`, `Content-Length` is added unless the caller
+///   supplies `content-length` or `transfer-encoding` (then the body bytes
+///   are sent as they are, e.g. already chunk-encoded).
+pub fn send_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> io::Result<Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !has_header(headers, "host") {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        if !has_header(headers, "content-length") && !has_header(headers, "transfer-encoding") {
+            head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+    }
+    if !has_header(headers, "connection") {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    if let Some(b) = body {
+        raw.extend_from_slice(b);
+    }
+    send_raw(addr, &raw, method.eq_ignore_ascii_case("HEAD"))
+}
+
+/// Writes `raw` bytes as they are on a fresh connection, then reads one
+/// response. For malformed-request tests. `head_request` = the response
+/// carries no body.
+pub fn send_raw(addr: SocketAddr, raw: &[u8], head_request: bool) -> io::Result<Response> {
+    let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    // Envoy may answer (e.g. 413, 400) and close before reading everything we
+    // send; a failed write is not the end of the story, the response may
+    // still be readable.
+    let write_result = (&stream).write_all(raw).and_then(|()| (&stream).flush());
+    let mut reader = BufReader::new(&stream);
+    match read_response(&mut reader, head_request) {
+        Ok(resp) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            Ok(resp)
+        }
+        Err(read_err) => match write_result {
+            Err(write_err) => Err(io::Error::new(
+                read_err.kind(),
+                format!("write failed ({write_err}), then read failed ({read_err})"),
+            )),
+            Ok(()) => Err(read_err),
+        },
+    }
+}
+
+/// Reads one line terminated by LF (CRLF or bare LF), without the terminator.
+/// `Ok(None)` on EOF before any byte.
+pub(crate) fn read_line<R: BufRead>(r: &mut R, budget: &mut usize) -> io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = r
+        .by_ref()
+        .take(*budget as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n > *budget {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "HTTP head too large",
+        ));
+    }
+    *budget -= n;
+    if buf.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "connection closed mid-line: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        ));
+    }
+    buf.pop();
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// A start line and its headers (names lower-cased).
+pub(crate) type Head = (String, Vec<(String, String)>);
+
+/// Reads a start line and headers. `Ok(None)` on clean EOF before the start
+/// line. Header names are lower-cased, values trimmed.
+pub(crate) fn read_head<R: BufRead>(r: &mut R) -> io::Result<Option<Head>> {
+    let mut budget = MAX_HEAD_BYTES;
+    let start = loop {
+        match read_line(r, &mut budget)? {
+            None => return Ok(None),
+            // Tolerate stray empty lines before a start line (RFC 9112 §2.2).
+            Some(l) if l.is_empty() => continue,
+            Some(l) => break l,
+        }
+    };
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(r, &mut budget)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed inside headers",
+            )
+        })?;
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad header line {line:?}"),
+            )
+        })?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    Ok(Some((start, headers)))
+}
+
+pub(crate) fn is_chunked(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "transfer-encoding")
+        .flat_map(|(_, v)| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
+}
+
+pub(crate) fn content_length(headers: &[(String, String)]) -> io::Result<Option<usize>> {
+    match find_header(headers, "content-length") {
+        None => Ok(None),
+        Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad content-length {v:?}"),
+            )
+        }),
+    }
+}
+
+/// Decodes a chunked body (trailers are read and discarded).
+pub(crate) fn read_chunked<R: BufRead>(r: &mut R) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut budget = MAX_HEAD_BYTES;
+    loop {
+        let line = read_line(r, &mut budget)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "EOF in chunk size"))?;
+        let size_str = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_str, 16).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad chunk size {line:?}"),
+            )
+        })?;
+        if size == 0 {
+            // Trailers until the empty line.
+            loop {
+                match read_line(r, &mut budget)? {
+                    None => return Ok(body),
+                    Some(l) if l.is_empty() => return Ok(body),
+                    Some(_) => {}
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..])?;
+        let crlf = read_line(r, &mut budget)?;
+        if crlf.as_deref() != Some("") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "missing CRLF after chunk",
+            ));
+        }
+    }
+}
+
+/// Reads one response, skipping interim 1xx responses (other than 101).
+pub(crate) fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> io::Result<Response> {
+    loop {
+        let (status_line, headers) = read_head(r)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before any response byte",
+            )
+        })?;
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| version.starts_with("HTTP/"))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {status_line:?}"),
+                )
+            })?;
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        let no_body = head_request || status < 200 || status == 204 || status == 304;
+        let body = if no_body {
+            Vec::new()
+        } else if is_chunked(&headers) {
+            read_chunked(r)?
+        } else if let Some(n) = content_length(&headers)? {
+            let mut b = vec![0; n];
+            r.read_exact(&mut b)?;
+            b
+        } else {
+            let mut b = Vec::new();
+            match r.read_to_end(&mut b) {
+                Ok(_) => {}
+                // A reset after the last byte still delimits the body.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                Err(e) => return Err(e),
+            }
+            b
+        };
+        return Ok(Response {
+            status,
+            headers,
+            body,
+        });
+    }
+}
