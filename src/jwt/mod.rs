@@ -283,20 +283,21 @@ impl JwtAuth {
     ) -> Result<Rc<VerifiedToken>, JwtFailure> {
         let digest = cache::token_digest(found.token);
         if let Some(hit) = cache.get(&digest) {
-            let provider = self
+            // A hit counts only where its provider reads tokens: a token verified from a
+            // cookie must not be accepted from a header its provider never reads.
+            if let Some(provider) = self
                 .providers
                 .get(hit.provider)
-                .ok_or(JwtFailure::Refused {
-                    expired: false,
-                    reason: "provider gone",
-                })?;
-            return match claims::check_time(hit.time, provider.clock_skew_seconds, now) {
-                Ok(()) => Ok(hit),
-                Err(refusal) => {
-                    cache.remove(&digest);
-                    Err(claim_failure(refusal))
-                }
-            };
+                .filter(|p| p.sources.contains(&found.source))
+            {
+                return match claims::check_time(hit.time, provider.clock_skew_seconds, now) {
+                    Ok(()) => Ok(hit),
+                    Err(refusal) => {
+                        cache.remove(&digest);
+                        Err(claim_failure(refusal))
+                    }
+                };
+            }
         }
         let verified = Rc::new(self.verify_uncached(found, now, verifier)?);
         cache.insert(digest, Rc::clone(&verified));

@@ -33,6 +33,20 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+/// Logs a message once for all the VMs of this plugin (Envoy runs one per worker, plus one on
+/// the main thread, and each runs `on_configure`). Shared data has no "insert if absent"; a CAS
+/// value the host never hands out (it issues them from a counter starting at 1) turns `set`
+/// into one: it succeeds only while the key does not exist.
+fn log_once(level: LogLevel, message: &str) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(message.as_bytes());
+    let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("api-guard.logged.{key}");
+    if hostcalls::set_shared_data(&key, Some(b"1"), Some(u32::MAX)).is_ok() {
+        log(level, message);
+    }
+}
+
 struct EnvoyForeignFunctions;
 
 impl ForeignFunctions for EnvoyForeignFunctions {
@@ -78,17 +92,20 @@ impl RootContext for ApiGuardRoot {
         let policy = match config::load(&bytes) {
             Ok(policy) => policy,
             Err(errors) => {
-                for error in &errors {
-                    log(
-                        LogLevel::Error,
-                        &format!("api-guard: invalid configuration: {error}"),
-                    );
-                }
-                log(
-                    LogLevel::Error,
-                    &format!("api-guard: refusing to start with {} configuration error(s); requests fail closed", errors.len()),
+                let mut message = format!(
+                    "api-guard: invalid configuration, refusing to start; every request is answered 503 until it is fixed ({} error(s)):",
+                    errors.len()
                 );
-                return false;
+                for error in &errors {
+                    message.push_str("\n  ");
+                    message.push_str(&error.to_string());
+                }
+                log_once(LogLevel::Error, &message);
+                // Returning false would make Envoy refuse a static bootstrap and exit, while under
+                // dynamic configuration (ECDS, an Istio WasmPlugin) it behaves otherwise. Staying
+                // loaded without a policy fails closed the same way everywhere: every request is
+                // answered 503 and none reaches the upstream.
+                return true;
             }
         };
         let verifier: Box<dyn SignatureVerifier> =
@@ -99,7 +116,7 @@ impl RootContext for ApiGuardRoot {
             } else {
                 Box::new(RustVerifier)
             };
-        log(
+        log_once(
             LogLevel::Info,
             &format!(
                 "api-guard: configured {} route(s); signature verification: {}",
@@ -186,6 +203,11 @@ impl ApiGuardHttp {
 impl HttpContext for ApiGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
+            if let Ok(Some(request_id)) =
+                hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-request-id")
+            {
+                self.request_id = request_id;
+            }
             return self.fail_closed("the plugin configuration was refused");
         };
         let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
