@@ -151,11 +151,10 @@ fn refused_config_is_reported_with_the_log() {
     assert!(err.to_string().contains("NO_SUCH_TYPE"), "{err}");
 }
 
-/// The wasm-mode YAML must be a config Envoy accepts. Needs the built wasm
-/// (`make build`, or API_GUARD_WASM=/path/to/any/proxy-wasm.wasm), so it is
-/// run by hand: `cargo test --test harness_smoke -- --ignored`.
+/// The wasm-mode YAML must be a config Envoy accepts without deprecation
+/// warnings, with a plugin JSON that needs quoting. Needs the built wasm
+/// (`make build`).
 #[test]
-#[ignore]
 fn wasm_mode_config_validates() {
     let wasm = common::wasm_path();
     assert!(
