@@ -2,6 +2,8 @@
 //! two workers, in front of a recording upstream. Each test function is one group sharing one
 //! Envoy; a failing check names its case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use api_guard::jwt::alg::Alg;
