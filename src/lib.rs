@@ -11,6 +11,7 @@ pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
 pub mod policy;
+pub mod rate_limit;
 pub mod reply;
 pub mod request;
 pub mod routes;
