@@ -4,8 +4,11 @@
 //! signature checks come in through small traits so that every decision is tested natively.
 //! `proxy` is the thin adapter compiled only for wasm32.
 
+pub mod body_limit;
 pub mod config;
 pub mod config_error;
+pub mod cors;
+pub mod error_rewrite;
 pub mod events;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
@@ -15,6 +18,7 @@ pub mod rate_limit;
 pub mod reply;
 pub mod request;
 pub mod routes;
+pub mod security_headers;
 pub mod strict_json;
 
 #[cfg(target_arch = "wasm32")]

@@ -108,16 +108,31 @@ pub struct LocalReply {
 pub const CHALLENGE_NO_TOKEN: &str = "Bearer realm=\"api\"";
 pub const CHALLENGE_BAD_TOKEN: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
 
+/// Headers that travel with every envelope body, whoever produced it. `no-store`: the body holds
+/// the request id, so a cached copy would hand one request's id to another client.
+pub const ENVELOPE_HEADERS: [(&str, &str); 2] = [
+    ("content-type", "application/json"),
+    ("cache-control", "no-store"),
+];
+
 impl LocalReply {
     pub fn new(code: ErrorCode, request_id: &str) -> LocalReply {
+        LocalReply::with_status(code, code.status(), request_id)
+    }
+
+    /// A reply for `code` with an explicit status. Rewritten upstream and Envoy errors keep the
+    /// status they had (a 500 stays a 500, a 504 a 504), where [`ErrorCode::status`] would say
+    /// 502 for every `upstream_error`.
+    pub fn with_status(code: ErrorCode, status: u16, request_id: &str) -> LocalReply {
+        let mut headers: Vec<(String, String)> = ENVELOPE_HEADERS
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        headers.push(("x-request-id".into(), request_id.into()));
         LocalReply {
-            status: code.status(),
+            status,
             code,
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("cache-control".into(), "no-store".into()),
-                ("x-request-id".into(), request_id.into()),
-            ],
+            headers,
             body: envelope(code, request_id),
         }
     }
@@ -137,6 +152,24 @@ mod tests {
         assert_eq!(
             envelope(ErrorCode::InvalidToken, "ab\"c"),
             r#"{"error":"The access token is invalid.","code":"invalid_token","request_id":"ab\"c"}"#
+        );
+    }
+
+    #[test]
+    fn upstream_errors_keep_their_status() {
+        let reply = LocalReply::with_status(ErrorCode::UpstreamError, 504, "r1");
+        assert_eq!(reply.status, 504);
+        assert_eq!(
+            reply.body,
+            r#"{"error":"An unexpected error occurred.","code":"upstream_error","request_id":"r1"}"#
+        );
+        assert_eq!(
+            LocalReply::new(ErrorCode::NotFound, "r1").headers,
+            vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("cache-control".to_string(), "no-store".to_string()),
+                ("x-request-id".to_string(), "r1".to_string()),
+            ]
         );
     }
 }
