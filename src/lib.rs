@@ -4,6 +4,8 @@
 //! signature checks come in through small traits so that every decision is tested natively.
 //! `proxy` is the thin adapter compiled only for wasm32.
 
+pub mod api_keys;
+pub mod authz;
 pub mod body_limit;
 pub mod config;
 pub mod config_error;

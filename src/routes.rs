@@ -410,6 +410,21 @@ impl CompiledMatch {
         }
     }
 
+    /// Names of the `{name}` parameters of a `path_template`, in order; empty for other paths.
+    /// (An `owner` rule may only name one of them.)
+    pub fn template_param_names(&self) -> Vec<String> {
+        match &self.path {
+            PathMatch::Template { segments, .. } => segments
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Param(name) => Some(name.clone()),
+                    Segment::Literal(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// `path` is already normalised (output of normalize_path().path); `host` is the :authority
     /// header value (may carry a port, may be empty); `method` as received.
     pub fn matches(&self, method: &str, host: &str, path: &str) -> Option<PathParams> {
@@ -1428,6 +1443,21 @@ mod tests {
             compiled(r#"{"path_template":"/a/b"}"#).matches("GET", "", "/a/b"),
             Some(PathParams::default())
         );
+    }
+
+    #[test]
+    fn template_parameter_names() {
+        assert_eq!(
+            compiled(r#"{"path_template":"/users/{user_id}/posts/{post}/"}"#)
+                .template_param_names(),
+            vec!["user_id".to_string(), "post".to_string()]
+        );
+        assert!(compiled(r#"{"path_template":"/a/b"}"#)
+            .template_param_names()
+            .is_empty());
+        assert!(compiled(r#"{"path_prefix":"/a"}"#)
+            .template_param_names()
+            .is_empty());
     }
 
     /// Matching runs on normalised paths: traversal tricks cannot reach a route's path
