@@ -4,6 +4,7 @@
 //! signature checks come in through small traits so that every decision is tested natively.
 //! `proxy` is the thin adapter compiled only for wasm32.
 
+pub mod body_schema;
 pub mod config;
 pub mod config_error;
 pub mod events;
@@ -11,10 +12,12 @@ pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
 pub mod policy;
+pub mod replay;
 pub mod reply;
 pub mod request;
 pub mod routes;
 pub mod strict_json;
+pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
 mod proxy;
