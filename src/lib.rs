@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod authz;
 pub mod body_limit;
+pub mod body_schema;
 pub mod config;
 pub mod config_error;
 pub mod cors;
@@ -17,11 +18,13 @@ pub mod jwt;
 pub mod mint;
 pub mod policy;
 pub mod rate_limit;
+pub mod replay;
 pub mod reply;
 pub mod request;
 pub mod routes;
 pub mod security_headers;
 pub mod strict_json;
+pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
 mod proxy;
