@@ -23,6 +23,7 @@ pub mod reply;
 pub mod request;
 pub mod routes;
 pub mod security_headers;
+pub mod shared_store;
 pub mod strict_json;
 pub mod webhook;
 

@@ -68,7 +68,6 @@ pub const DEFAULT_CAS_ATTEMPTS: u32 = 8;
 /// The CAS value passed to `set` when `get` found no value: the host hands CAS tokens out from a
 /// counter and never this one in practice, so the set succeeds only while the key is still
 /// missing and fails with `CasMismatch` once another worker has created it (insert-if-absent).
-pub const INSERT_IF_ABSENT: u32 = u32::MAX;
 /// Shared-data key of the hash seed all workers use.
 pub const SEED_KEY: &str = "api-guard.rate_limit.v1.seed";
 /// Names in `rate_limits` that are settings for all limits, not limits.
@@ -337,22 +336,7 @@ pub fn compile_section(
 // Storage seam: proxy-wasm shared data
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreError {
-    /// The value changed since the CAS token was read (or, with [`INSERT_IF_ABSENT`], it exists).
-    CasMismatch,
-    Other,
-}
-
-/// Proxy-wasm shared data, exactly: values with CAS tokens, no delete, no expiry.
-pub trait CounterStore {
-    /// The value and its CAS token, or `None` when the key was never set.
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
-    /// `cas: Some(token)` compares and swaps; `None` writes unconditionally. Like the host, a set
-    /// on a key that does not exist succeeds whatever `cas` is: pass [`INSERT_IF_ABSENT`] when
-    /// `get` found nothing, so that the first insert cannot race.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
-}
+pub use crate::shared_store::{CounterStore, StoreError, INSERT_IF_ABSENT};
 
 const SEED_VERSION: u8 = 1;
 
@@ -863,7 +847,7 @@ impl Limiter {
                 Ok(()) => return RateDecision::admitted(limit, after, now_ms, reason),
                 // Another worker changed the bucket since it was read: decide again.
                 Err(StoreError::CasMismatch) => continue,
-                Err(StoreError::Other) => {
+                Err(StoreError::Unavailable) => {
                     return RateDecision::degraded(limit, last_view, now_ms, REASON_STORE_ERROR)
                 }
             }
@@ -949,7 +933,7 @@ impl MemoryStore {
         self.state().conflicts_to_inject = n;
     }
 
-    /// The next `n` operations (get or set) fail with [`StoreError::Other`].
+    /// The next `n` operations (get or set) fail with [`StoreError::Unavailable`].
     pub fn inject_failures(&self, n: u32) {
         self.state().failures_to_inject = n;
     }
@@ -995,7 +979,7 @@ impl CounterStore for MemoryStore {
         let mut state = self.state();
         if state.failures_to_inject > 0 {
             state.failures_to_inject -= 1;
-            return Err(StoreError::Other);
+            return Err(StoreError::Unavailable);
         }
         Ok(state.values.get(key).cloned())
     }
@@ -1012,7 +996,7 @@ impl CounterStore for MemoryStore {
         let mut state = self.state();
         if state.failures_to_inject > 0 {
             state.failures_to_inject -= 1;
-            return Err(StoreError::Other);
+            return Err(StoreError::Unavailable);
         }
         if state.conflicts_to_inject > 0 {
             state.conflicts_to_inject -= 1;
@@ -1439,7 +1423,7 @@ mod tests {
         assert_eq!(store.get("k").unwrap().unwrap().0, b"e");
         assert_eq!(store.cas_mismatches(), 2);
         store.inject_failures(1);
-        assert_eq!(store.get("k"), Err(StoreError::Other));
+        assert_eq!(store.get("k"), Err(StoreError::Unavailable));
         assert!(store.get("k").is_ok());
         store.inject_conflicts(1);
         let (_, token) = store.get("k").unwrap().unwrap();
@@ -1932,7 +1916,7 @@ mod tests {
         assert_eq!(shared_seed(&store, [5; 32]), Ok([5; 32]));
         let store = MemoryStore::new();
         store.inject_failures(1);
-        assert_eq!(shared_seed(&store, [6; 32]), Err(StoreError::Other));
+        assert_eq!(shared_seed(&store, [6; 32]), Err(StoreError::Unavailable));
     }
 
     #[test]

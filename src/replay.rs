@@ -5,7 +5,7 @@
 //! share is proxy-wasm shared data, and its semantics shape the design:
 //! - `get` returns the value and a CAS token; `set` with a stale token fails with a CAS mismatch;
 //! - a `set` on a key that does not exist yet succeeds whatever CAS is passed, so two workers
-//!   inserting the same new key race; passing a CAS the host never issues ([`CAS_NEVER_ISSUED`])
+//!   inserting the same new key race; passing a CAS the host never issues ([`INSERT_IF_ABSENT`])
 //!   turns `set` into insert-if-absent;
 //! - nothing is ever deleted and nothing expires.
 //!
@@ -34,28 +34,7 @@ pub trait ReplayStore {
         -> Result<bool, ReplayStoreUnavailable>;
 }
 
-/// Errors of a shared key-value store with compare-and-swap, as proxy-wasm shared data has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvError {
-    /// The value changed since the CAS token was issued (or, with [`CAS_NEVER_ISSUED`], the key
-    /// now exists).
-    CasMismatch,
-    Unavailable,
-}
-
-/// Mirror of proxy-wasm shared data (`get_shared_data` / `set_shared_data`).
-pub trait KvStore {
-    /// The value and its CAS token, or `None` when the key was never set.
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, KvError>;
-    /// Stores `value`. With `Some(cas)`, fails with [`KvError::CasMismatch`] unless the key's
-    /// current token is `cas`. A set on a missing key succeeds whatever the CAS, except that the
-    /// host never issues [`CAS_NEVER_ISSUED`], which therefore makes the set insert-if-absent.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), KvError>;
-}
-
-/// Envoy hands out CAS tokens from a counter; this value is never one of them in practice (it
-/// would take four billion writes to one VM's shared data).
-pub const CAS_NEVER_ISSUED: u32 = u32::MAX;
+pub use crate::shared_store::{CounterStore, StoreError, INSERT_IF_ABSENT};
 
 pub const DEFAULT_SLOT_COUNT: u32 = 1024;
 pub const DEFAULT_ENTRIES_PER_SLOT: usize = 16;
@@ -67,15 +46,15 @@ const RECORD_BYTES: usize = TAG_BYTES + 8;
 
 type Tag = [u8; TAG_BYTES];
 
-/// A bounded replay table over a [`KvStore`] (proxy-wasm shared data in the filter).
-pub struct SharedReplayTable<K: KvStore> {
+/// A bounded replay table over a [`CounterStore`] (proxy-wasm shared data in the filter).
+pub struct SharedReplayTable<K: CounterStore> {
     kv: K,
     key_prefix: String,
     slot_count: u32,
     entries_per_slot: usize,
 }
 
-impl<K: KvStore> SharedReplayTable<K> {
+impl<K: CounterStore> SharedReplayTable<K> {
     /// `key_prefix` separates tables sharing one store (see [`replay_key_prefix`]). Zero counts
     /// are raised to one.
     pub fn new(kv: K, key_prefix: String, slot_count: u32, entries_per_slot: usize) -> Self {
@@ -135,7 +114,7 @@ fn encode_records(records: &[Record]) -> Vec<u8> {
     out
 }
 
-impl<K: KvStore> ReplayStore for SharedReplayTable<K> {
+impl<K: CounterStore> ReplayStore for SharedReplayTable<K> {
     fn seen_or_insert(
         &self,
         key: &str,
@@ -164,11 +143,11 @@ impl<K: KvStore> ReplayStore for SharedReplayTable<K> {
             });
             // An existing slot is replaced only if nobody wrote it since our read; a new slot is
             // created only if nobody created it meanwhile.
-            let cas = cas.unwrap_or(CAS_NEVER_ISSUED);
+            let cas = cas.unwrap_or(INSERT_IF_ABSENT);
             match self.kv.set(&slot_key, &encode_records(&live), Some(cas)) {
                 Ok(()) => return Ok(false),
-                Err(KvError::CasMismatch) => continue,
-                Err(KvError::Unavailable) => return Err(ReplayStoreUnavailable),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable) => return Err(ReplayStoreUnavailable),
             }
         }
         Err(ReplayStoreUnavailable)
@@ -228,8 +207,8 @@ mod tests {
         }
     }
 
-    impl KvStore for &FakeSharedData {
-        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, KvError> {
+    impl CounterStore for &FakeSharedData {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
             let value = self.values.borrow().get(key).cloned();
             if let Some(interleave) = self.interleave.borrow_mut().take() {
                 interleave(self);
@@ -237,11 +216,13 @@ mod tests {
             Ok(value)
         }
 
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), KvError> {
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
             self.sets.set(self.sets.get() + 1);
             let current = self.values.borrow().get(key).map(|(_, c)| *c);
             match (current, cas) {
-                (Some(current), Some(cas)) if current != cas => return Err(KvError::CasMismatch),
+                (Some(current), Some(cas)) if current != cas => {
+                    return Err(StoreError::CasMismatch)
+                }
                 _ => {}
             }
             self.raw_set(key, value);
@@ -338,24 +319,24 @@ mod tests {
     #[test]
     fn host_errors_fail_closed() {
         struct Down;
-        impl KvStore for Down {
-            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, KvError> {
-                Err(KvError::Unavailable)
+        impl CounterStore for Down {
+            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+                Err(StoreError::Unavailable)
             }
-            fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), KvError> {
-                Err(KvError::Unavailable)
+            fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), StoreError> {
+                Err(StoreError::Unavailable)
             }
         }
         let t = SharedReplayTable::new(Down, String::new(), 4, 4);
         assert_eq!(t.seen_or_insert("a", 1, 1), Err(ReplayStoreUnavailable));
 
         struct AlwaysContended;
-        impl KvStore for AlwaysContended {
-            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, KvError> {
+        impl CounterStore for AlwaysContended {
+            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
                 Ok(None)
             }
-            fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), KvError> {
-                Err(KvError::CasMismatch)
+            fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), StoreError> {
+                Err(StoreError::CasMismatch)
             }
         }
         let t = SharedReplayTable::new(AlwaysContended, String::new(), 4, 4);
