@@ -1,23 +1,49 @@
-//! The compiled policy and the per-request decision. Everything here is host-independent: the
-//! adapter hands in a [`RequestHead`] and a [`RequestEnv`] and carries out the [`Decision`].
+//! The compiled policy and the per-request decisions. Everything here is host-independent: the
+//! adapter hands in a [`RequestHead`] and a [`RequestEnv`] and carries out the [`Decision`]; for
+//! the response it asks [`Policy::plan_response`] what to change.
+//!
+//! The order of the request checks is part of the security model:
+//! 1. identity headers a client could spoof are always removed;
+//! 2. the path is normalised (the upstream gets the path that was matched);
+//! 3. credentials in the URL are refused (they end up in logs everywhere);
+//! 4. CORS preflights are answered (browsers send them without credentials);
+//! 5. the route is matched; the body size is checked by Content-Length;
+//! 6. authentication; its refusals still count against the client's rate limit, so that
+//!    brute force on a login route is throttled;
+//! 7. the rate limit (after authentication, so that the principal is known);
+//! 8. authorization: scopes and roles (403), then the owner rule (404, never 403);
+//! 9. webhook signature and body schema, once the body has arrived.
 
+use crate::api_keys::{credentials_in_query, ApiKey, ApiKeys};
+use crate::authz::{Identity, OwnerRule, Requirement};
+use crate::body_limit::content_length_exceeds;
+use crate::body_schema::BodySchema;
+use crate::cors::{request_origin, Cors, PreflightOutcome};
+use crate::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
 use crate::events::SecurityEvent;
 use crate::jwt::cache::TokenCache;
 use crate::jwt::verifier::SignatureVerifier;
-use crate::jwt::{JwtAuth, JwtFailure, TokenSource};
-use crate::reply::{ErrorCode, LocalReply, CHALLENGE_BAD_TOKEN, CHALLENGE_NO_TOKEN};
+use crate::jwt::{JwtAuth, JwtFailure, TokenSource, VerifiedToken};
+use crate::rate_limit::{CounterStore, Limiter, RateLimit};
+use crate::replay::{replay_key_prefix, SharedReplayTable};
+use crate::reply::{
+    envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_TOKEN, CHALLENGE_NO_TOKEN,
+};
 use crate::request::RequestHead;
 use crate::routes::{normalize_path, CompiledMatch};
+use crate::security_headers::SecurityHeaders;
+use crate::webhook::Webhook;
+use std::rc::Rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Enforce,
-    /// Every decision is computed and logged; nothing is refused.
+    /// Every decision is computed and logged; nothing is refused or rewritten.
     Report,
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
             Mode::Report => "report",
@@ -29,26 +55,67 @@ impl Mode {
 pub enum Auth {
     None,
     Jwt,
+    ApiKey,
+    JwtOrApiKey,
 }
+
+/// The header the verified API key's id is forwarded in (and that clients may never send).
+pub const API_KEY_ID_HEADER: &str = "x-api-key-id";
+/// Bodies the filter must read whole (webhooks, schemas) are bounded by this unless the route
+/// sets `max_body_bytes`.
+pub const DEFAULT_BUFFERED_BODY_BYTES: u64 = 1_048_576;
 
 pub struct Route {
     pub name: String,
     pub matcher: CompiledMatch,
     pub auth: Auth,
+    pub require: Option<Requirement>,
+    pub owner: Option<OwnerRule>,
+    /// Index into [`Policy::rate_limits`].
+    pub rate_limit: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    /// Index into [`Policy::webhooks`].
+    pub webhook: Option<usize>,
+    pub body_schema: Option<BodySchema>,
+}
+
+impl Route {
+    fn reads_body(&self) -> bool {
+        self.webhook.is_some() || self.body_schema.is_some()
+    }
 }
 
 pub struct Policy {
     pub mode: Mode,
     pub jwt: Option<JwtAuth>,
+    pub api_keys: Option<ApiKeys>,
     pub routes: Vec<Route>,
+    pub rate_limits: Vec<RateLimit>,
+    pub cors: Option<Cors>,
+    pub security_headers: SecurityHeaders,
+    pub errors: ErrorRewrite,
+    pub webhooks: Vec<Webhook>,
+    /// Headers removed from every request: the ones the filter sets from verified credentials.
+    pub identity_headers: Vec<String>,
 }
 
 /// What the host lends the core for one request.
 pub struct RequestEnv<'a> {
-    /// Unix time in seconds.
-    pub now: u64,
+    /// Unix time in milliseconds.
+    pub now_ms: u64,
     pub verifier: &'a dyn SignatureVerifier,
     pub token_cache: &'a mut TokenCache,
+    /// Proxy-wasm shared data: rate-limit counters and the webhook replay tables.
+    pub shared: &'a dyn CounterStore,
+    /// `None` when the workers could not agree on a rate-limit seed: rate-limited routes then
+    /// fail closed.
+    pub limiter: Option<&'a Limiter>,
+}
+
+impl RequestEnv<'_> {
+    fn now_seconds(&self) -> u64 {
+        self.now_ms / 1000
+    }
 }
 
 /// Changes to make to the request before it goes upstream.
@@ -65,153 +132,434 @@ pub struct Forward {
 pub enum Verdict {
     Allow(Forward),
     Deny(LocalReply),
+    /// A CORS preflight answered by the filter: 204 with these headers.
+    Preflight(Vec<(String, String)>),
+    /// Hold the request until the body has arrived (at most `max_bytes`), then call
+    /// [`Policy::check_body`]; the forward changes apply if that allows.
+    NeedBody {
+        forward: Forward,
+        check: BodyCheck,
+    },
+}
+
+/// What to check once the body is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyCheck {
+    pub route: usize,
+    pub max_bytes: u64,
+}
+
+/// What the response path needs to know about the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseContext {
+    pub request_id: String,
+    /// The request's `Origin`, for the CORS response headers.
+    pub origin: Option<String>,
+    /// Rate-limit headers of the route's limit, for every response on that route.
+    pub rate_limit_headers: Vec<(String, String)>,
+    pub is_head: bool,
+    /// A streaming bound on the request body (413 once exceeded), for routes with
+    /// `max_body_bytes` that do not read the body whole.
+    pub stream_body_limit: Option<u64>,
+    /// Who and what, for events logged on the response path.
+    pub event_base: EventBase,
+}
+
+/// The request facts every security event of a request repeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventBase {
+    pub route: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub client: String,
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
+    /// The security event to log (refusals, and allows on routes with requirements).
     pub event: Option<SecurityEvent>,
+    pub response: ResponseContext,
 }
 
-/// Context for the event of a refusal.
+/// A refusal with what its security event needs.
 struct Refusal {
     reply: LocalReply,
     reason: String,
     event: &'static str,
 }
 
+impl Refusal {
+    fn new(reply: LocalReply, event: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reply,
+            reason: reason.into(),
+            event,
+        }
+    }
+}
+
+/// What authentication established.
+enum Authenticated {
+    Anonymous,
+    Jwt(Rc<VerifiedToken>),
+    ApiKey(usize),
+    Both(Rc<VerifiedToken>, usize),
+}
+
+/// Per-request working state of [`Policy::decide`].
+struct Work<'h> {
+    head: &'h RequestHead,
+    forward: Forward,
+    response: ResponseContext,
+    route: Option<usize>,
+    principal: Option<String>,
+    log_path: String,
+    /// An event for an allowed request (authorization decisions are always logged).
+    allow_event: Option<(&'static str, String)>,
+}
+
 impl Policy {
+    /// The decision on the request headers.
     pub fn check_request(&self, head: &RequestHead, env: &mut RequestEnv<'_>) -> Decision {
-        let mut forward = Forward::default();
-        // Identity headers are the filter's to set: a client that sends its own `x-user-id` is
-        // lying, on every route, with or without a token.
-        if let Some(jwt) = &self.jwt {
-            for name in &jwt.identity_headers {
-                if head.has_header(name) {
-                    forward.remove_headers.push(name.clone());
-                }
+        let mut work = Work {
+            head,
+            forward: Forward::default(),
+            response: ResponseContext {
+                request_id: head.request_id.clone(),
+                origin: request_origin(head).map(str::to_owned),
+                is_head: head.method == "HEAD",
+                ..ResponseContext::default()
+            },
+            route: None,
+            principal: None,
+            log_path: String::new(),
+            allow_event: None,
+        };
+        // Identity headers are the filter's to set: a client that sends its own `x-user-id` or
+        // `x-api-key-id` is lying, on every route, with or without a credential.
+        for name in &self.identity_headers {
+            if head.has_header(name) {
+                work.forward.remove_headers.push(name.clone());
             }
         }
-        let mut route_name = None;
-        let mut principal = None;
-        let mut log_path = String::new();
-        let outcome = self.decide(
-            head,
-            env,
-            &mut forward,
-            &mut route_name,
-            &mut principal,
-            &mut log_path,
-        );
+        let outcome = self.decide(&mut work, env);
+        self.conclude(outcome, work)
+    }
+
+    fn conclude(&self, outcome: Result<Verdict, Refusal>, mut work: Work<'_>) -> Decision {
+        work.response.event_base = EventBase {
+            route: work
+                .route
+                .and_then(|r| self.routes.get(r))
+                .map(|r| r.name.clone()),
+            method: work.head.method.clone(),
+            path: std::mem::take(&mut work.log_path),
+            client: work.head.client_ip.clone(),
+            principal: work.principal.take(),
+        };
+        let ctx = &work.response;
         match outcome {
-            Ok(()) => Decision {
-                verdict: Verdict::Allow(forward),
-                event: None,
-            },
+            Ok(verdict) => {
+                let event = work
+                    .allow_event
+                    .clone()
+                    .map(|(name, reason)| self.event(ctx, name, "allowed", 200, reason));
+                Decision {
+                    verdict,
+                    event,
+                    response: work.response,
+                }
+            }
             Err(refusal) => {
-                let event = SecurityEvent {
-                    kind: "security_event",
-                    event: refusal.event,
-                    code: refusal.reply.code.code(),
-                    status: refusal.reply.status,
-                    mode: self.mode.name(),
-                    route: route_name,
-                    method: head.method.clone(),
-                    path: log_path,
-                    client: head.client_ip.clone(),
-                    principal,
-                    request_id: head.request_id.clone(),
-                    reason: refusal.reason,
-                };
+                let event = self.event(
+                    ctx,
+                    refusal.event,
+                    refusal.reply.code.code(),
+                    refusal.reply.status,
+                    refusal.reason,
+                );
                 let verdict = match self.mode {
                     Mode::Enforce => Verdict::Deny(refusal.reply),
-                    Mode::Report => Verdict::Allow(forward),
+                    Mode::Report => Verdict::Allow(work.forward),
                 };
                 Decision {
                     verdict,
                     event: Some(event),
+                    response: work.response,
                 }
             }
         }
     }
 
-    fn decide(
+    fn event(
         &self,
-        head: &RequestHead,
-        env: &mut RequestEnv<'_>,
-        forward: &mut Forward,
-        route_name: &mut Option<String>,
-        principal: &mut Option<String>,
-        log_path: &mut String,
-    ) -> Result<(), Refusal> {
-        let request_id = head.request_id.as_str();
-        let normalized = match normalize_path(&head.path) {
-            Ok(n) => n,
-            Err(e) => {
-                return Err(Refusal {
-                    reply: LocalReply::new(ErrorCode::BadRequest, request_id),
-                    reason: format!("path cannot be normalised: {}", e.reason()),
-                    event: "bad_request",
-                })
-            }
-        };
-        log_path.clone_from(&normalized.path);
-        if normalized.changed {
-            forward.set_path = Some(normalized.to_request_path());
+        ctx: &ResponseContext,
+        name: &'static str,
+        code: &'static str,
+        status: u16,
+        reason: String,
+    ) -> SecurityEvent {
+        SecurityEvent {
+            kind: "security_event",
+            event: name,
+            code,
+            status,
+            mode: self.mode.name(),
+            route: ctx.event_base.route.clone(),
+            method: ctx.event_base.method.clone(),
+            path: ctx.event_base.path.clone(),
+            client: ctx.event_base.client.clone(),
+            principal: ctx.event_base.principal.clone(),
+            request_id: ctx.request_id.clone(),
+            reason,
         }
-        let Some(route) = self.routes.iter().find(|r| {
+    }
+
+    /// A streamed request body went over the route's `max_body_bytes`: the event, and the reply
+    /// (none in report mode).
+    pub fn body_too_large(&self, ctx: &ResponseContext) -> (SecurityEvent, Option<LocalReply>) {
+        let reply = LocalReply::new(ErrorCode::PayloadTooLarge, &ctx.request_id);
+        let event = self.event(
+            ctx,
+            "payload_too_large",
+            reply.code.code(),
+            reply.status,
+            "body over max_body_bytes".into(),
+        );
+        (event, (self.mode == Mode::Enforce).then_some(reply))
+    }
+
+    /// The event for an upstream (or Envoy) error response whose body was replaced: the
+    /// original body's first bytes go to the log, never to the client.
+    pub fn upstream_error_event(
+        &self,
+        ctx: &ResponseContext,
+        status: u16,
+        original_body: &BodySample,
+    ) -> SecurityEvent {
+        let reason = format!(
+            "upstream error body ({} bytes{}): {}",
+            original_body.total_bytes(),
+            if original_body.is_truncated() {
+                ", truncated"
+            } else {
+                ""
+            },
+            original_body.logged()
+        );
+        self.event(
+            ctx,
+            "upstream_error",
+            ErrorCode::UpstreamError.code(),
+            status,
+            reason,
+        )
+    }
+
+    fn decide(&self, work: &mut Work<'_>, env: &mut RequestEnv<'_>) -> Result<Verdict, Refusal> {
+        let head = work.head;
+        let request_id = head.request_id.as_str();
+        let normalized = normalize_path(&head.path).map_err(|e| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                format!("path cannot be normalised: {}", e.reason()),
+            )
+        })?;
+        work.log_path.clone_from(&normalized.path);
+        if normalized.changed {
+            work.forward.set_path = Some(normalized.to_request_path());
+        }
+        if let Some(query) = &normalized.query {
+            if self.refuses_credentials_in(query) {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::CredentialsInUrl, request_id),
+                    "credentials_in_url",
+                    "credential-like parameter in the query string",
+                ));
+            }
+        }
+        if let Some(cors) = &self.cors {
+            match cors.preflight(head) {
+                None => {}
+                Some(PreflightOutcome::Allowed(headers)) => return Ok(Verdict::Preflight(headers)),
+                Some(PreflightOutcome::Rejected(reason)) => {
+                    return Err(Refusal::new(
+                        LocalReply::new(ErrorCode::CorsRejected, request_id),
+                        "cors_rejected",
+                        reason,
+                    ))
+                }
+            }
+        }
+        let matched = self.routes.iter().enumerate().find_map(|(i, r)| {
             r.matcher
                 .matches(&head.method, &head.authority, &normalized.path)
-                .is_some()
-        }) else {
-            return Err(Refusal {
-                reply: LocalReply::new(ErrorCode::NotFound, request_id),
-                reason: "no route matches".into(),
-                event: "no_route",
-            });
+                .map(|p| (i, p))
+        });
+        let Some((route_index, params)) = matched else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::NotFound, request_id),
+                "no_route",
+                "no route matches",
+            ));
         };
-        *route_name = Some(route.name.clone());
-        match route.auth {
-            Auth::None => Ok(()),
-            Auth::Jwt => {
-                let Some(jwt) = &self.jwt else {
-                    // Config validation makes this unreachable; fail closed all the same.
-                    return Err(Refusal {
-                        reply: LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
-                        reason: "route needs jwt but no provider is configured".into(),
-                        event: "config_error",
-                    });
-                };
-                let refused = |failure: JwtFailure| {
-                    let (code, challenge, reason) = match failure {
-                        JwtFailure::Missing => {
-                            (ErrorCode::Unauthorized, CHALLENGE_NO_TOKEN, "no token")
-                        }
-                        JwtFailure::Refused {
-                            expired: true,
-                            reason,
-                        } => (ErrorCode::TokenExpired, CHALLENGE_BAD_TOKEN, reason),
-                        JwtFailure::Refused {
-                            expired: false,
-                            reason,
-                        } => (ErrorCode::InvalidToken, CHALLENGE_BAD_TOKEN, reason),
-                    };
-                    Refusal {
-                        reply: LocalReply::new(code, request_id)
-                            .with_header("www-authenticate", challenge),
-                        reason: reason.into(),
-                        event: "auth_failure",
-                    }
-                };
-                let found = jwt
-                    .find_token(head)
-                    .map_err(refused)?
-                    .ok_or_else(|| refused(JwtFailure::Missing))?;
+        work.route = Some(route_index);
+        let route = self.routes.get(route_index).ok_or_else(|| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "config_error",
+                "route index",
+            )
+        })?;
+        let body_bound = route
+            .max_body_bytes
+            .or(route.reads_body().then_some(DEFAULT_BUFFERED_BODY_BYTES));
+        if let Some(max) = body_bound {
+            let too_large = content_length_exceeds(head, max).map_err(|reason| {
+                Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    reason,
+                )
+            })?;
+            if too_large {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::PayloadTooLarge, request_id),
+                    "payload_too_large",
+                    "content-length over max_body_bytes",
+                ));
+            }
+        }
+
+        let authenticated = match self.authenticate(route, work, env) {
+            Ok(authenticated) => authenticated,
+            Err(refusal) => {
+                // A refused credential still counts against the client (by IP: the identity it
+                // claimed is not established), so guessing passwords or keys is throttled.
+                self.apply_rate_limit(route, None, None, work, env)?;
+                return Err(refusal);
+            }
+        };
+        let (jwt_subject, api_key_id, identity) = self.identity(&authenticated);
+        self.apply_rate_limit(route, jwt_subject, api_key_id, work, env)?;
+
+        if let Some(requirement) = &route.require {
+            let identity = identity.as_ref().ok_or_else(|| {
+                Refusal::new(
+                    LocalReply::new(ErrorCode::Forbidden, request_id),
+                    "authz_denied",
+                    "no identity on a route with requirements",
+                )
+            })?;
+            if let Err(rule) = requirement.check(identity) {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::Forbidden, request_id),
+                    "authz_denied",
+                    format!("require.{rule} not satisfied"),
+                ));
+            }
+            work.allow_event = Some(("authz_allowed", "require satisfied".into()));
+        }
+        if let Some(owner) = &route.owner {
+            let verdict = match identity.as_ref() {
+                Some(identity) => owner.check(&params, identity),
+                None => Err("no identity on a route with an owner rule"),
+            };
+            if let Err(reason) = verdict {
+                // 404, exactly like a missing object: a 403 would confirm that it exists.
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::NotFound, request_id),
+                    "authz_denied",
+                    format!("owner: {reason}"),
+                ));
+            }
+            work.allow_event = Some(("authz_allowed", "owner and requirements satisfied".into()));
+        }
+
+        if route.reads_body() {
+            if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
+                if let Some(missing) = webhook
+                    .required_headers()
+                    .iter()
+                    .find(|h| !head.has_header(h))
+                {
+                    return Err(Refusal::new(
+                        LocalReply::new(ErrorCode::InvalidSignature, request_id),
+                        "invalid_signature",
+                        format!("webhook {}: missing header {missing}", webhook.name()),
+                    ));
+                }
+            }
+            let check = BodyCheck {
+                route: route_index,
+                max_bytes: body_bound.unwrap_or(DEFAULT_BUFFERED_BODY_BYTES),
+            };
+            return Ok(Verdict::NeedBody {
+                forward: work.forward.clone(),
+                check,
+            });
+        }
+        work.response.stream_body_limit = route.max_body_bytes;
+        Ok(Verdict::Allow(work.forward.clone()))
+    }
+
+    fn refuses_credentials_in(&self, query: &str) -> bool {
+        if self.jwt.is_none() && self.api_keys.is_none() {
+            return false;
+        }
+        let extra: Vec<&str> = self
+            .api_keys
+            .as_ref()
+            .map(|k| vec![k.header_name()])
+            .unwrap_or_default();
+        credentials_in_query(query, &extra)
+    }
+
+    fn authenticate(
+        &self,
+        route: &Route,
+        work: &mut Work<'_>,
+        env: &mut RequestEnv<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        let head = work.head;
+        let request_id = head.request_id.as_str();
+        let unauthorized = |reason: &str| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::Unauthorized, request_id)
+                    .with_header("www-authenticate", CHALLENGE_NO_TOKEN),
+                "auth_failure",
+                reason,
+            )
+        };
+        let (use_jwt, use_key) = match route.auth {
+            Auth::None => return Ok(Authenticated::Anonymous),
+            Auth::Jwt => (true, false),
+            Auth::ApiKey => (false, true),
+            Auth::JwtOrApiKey => (true, true),
+        };
+        let token = match (use_jwt, &self.jwt) {
+            (true, Some(jwt)) => jwt.find_token(head).map_err(jwt_refusal(request_id))?,
+            _ => None,
+        };
+        let key = match (use_key, &self.api_keys) {
+            (true, Some(keys)) => keys
+                .find_key(head)
+                .map_err(|f| api_key_refusal(request_id, f.reason()))?,
+            _ => None,
+        };
+        if token.is_none() && key.is_none() {
+            return Err(unauthorized("no credential"));
+        }
+        // When both are present, both must verify: a valid key must not cover a forged token.
+        let verified_token = match (token, &self.jwt) {
+            (Some(found), Some(jwt)) => {
                 let verified = jwt
-                    .verify(found, env.now, env.verifier, env.token_cache)
-                    .map_err(refused)?;
-                principal.clone_from(&verified.subject);
-                forward
+                    .verify(found, env.now_seconds(), env.verifier, env.token_cache)
+                    .map_err(jwt_refusal(request_id))?;
+                work.forward
                     .set_headers
                     .extend(verified.upstream_headers.iter().cloned());
                 let forward_token = jwt
@@ -221,28 +569,310 @@ impl Policy {
                 if !forward_token {
                     match jwt.sources.get(found.source) {
                         Some(TokenSource::Header { name, .. }) => {
-                            forward.remove_headers.push(name.clone())
+                            work.forward.remove_headers.push(name.clone())
                         }
                         Some(TokenSource::Cookie { name }) => {
                             match head.cookie_header_without(name) {
-                                Some(rest) => forward.set_headers.push(("cookie".into(), rest)),
-                                None => forward.remove_headers.push("cookie".into()),
+                                Some(rest) => {
+                                    work.forward.set_headers.push(("cookie".into(), rest))
+                                }
+                                None => work.forward.remove_headers.push("cookie".into()),
                             }
                         }
                         None => {}
                     }
                 }
-                Ok(())
+                Some(verified)
             }
+            _ => None,
+        };
+        let verified_key = match (key, &self.api_keys) {
+            (Some(presented), Some(keys)) => {
+                let api_key = keys
+                    .verify(presented.key, env.now_seconds())
+                    .map_err(|f| api_key_refusal(request_id, f.reason()))?;
+                let index = keys
+                    .keys()
+                    .iter()
+                    .position(|k| std::ptr::eq(k, api_key))
+                    .unwrap_or(0);
+                let credential_header = if presented.from_authorization {
+                    "authorization"
+                } else {
+                    keys.header_name()
+                };
+                work.forward
+                    .remove_headers
+                    .push(credential_header.to_string());
+                work.forward
+                    .set_headers
+                    .push((API_KEY_ID_HEADER.to_string(), api_key.id.clone()));
+                Some(index)
+            }
+            _ => None,
+        };
+        let authenticated = match (verified_token, verified_key) {
+            (Some(token), Some(key)) => Authenticated::Both(token, key),
+            (Some(token), None) => Authenticated::Jwt(token),
+            (None, Some(key)) => Authenticated::ApiKey(key),
+            (None, None) => return Err(unauthorized("no credential")),
+        };
+        work.principal = match &authenticated {
+            Authenticated::Jwt(t) | Authenticated::Both(t, _) => t.subject.clone(),
+            Authenticated::ApiKey(k) => self.api_key(*k).map(|k| k.id.clone()),
+            Authenticated::Anonymous => None,
+        };
+        Ok(authenticated)
+    }
+
+    fn api_key(&self, index: usize) -> Option<&ApiKey> {
+        self.api_keys
+            .as_ref()
+            .and_then(|keys| keys.keys().get(index))
+    }
+
+    /// The JWT subject, API key id and authorization identity of an authenticated request. When
+    /// both credentials verified, the principal is the JWT's subject and the token's claims
+    /// decide authorization.
+    fn identity<'p>(
+        &'p self,
+        authenticated: &'p Authenticated,
+    ) -> (Option<&'p str>, Option<&'p str>, Option<Identity<'p>>) {
+        match authenticated {
+            Authenticated::Anonymous => (None, None, None),
+            Authenticated::Jwt(token) => (
+                token.subject.as_deref(),
+                None,
+                Some(Identity::from_jwt_claims(&token.claims)),
+            ),
+            Authenticated::ApiKey(index) => match self.api_key(*index) {
+                Some(key) => (
+                    None,
+                    Some(key.id.as_str()),
+                    Some(Identity::from_api_key(key)),
+                ),
+                None => (None, None, None),
+            },
+            Authenticated::Both(token, index) => (
+                token.subject.as_deref(),
+                self.api_key(*index).map(|k| k.id.as_str()),
+                Some(Identity::from_jwt_claims(&token.claims)),
+            ),
         }
     }
 
-    /// Headers every response gets, allowed or refused, so that clients and logs correlate.
-    pub fn response_headers(&self, request_id: &str) -> Vec<(&'static str, String)> {
-        if request_id.is_empty() {
-            Vec::new()
+    fn apply_rate_limit(
+        &self,
+        route: &Route,
+        jwt_subject: Option<&str>,
+        api_key_id: Option<&str>,
+        work: &mut Work<'_>,
+        env: &mut RequestEnv<'_>,
+    ) -> Result<(), Refusal> {
+        let Some(limit) = route.rate_limit.and_then(|i| self.rate_limits.get(i)) else {
+            return Ok(());
+        };
+        let request_id = work.head.request_id.as_str();
+        let Some(limiter) = env.limiter else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "rate_limit_unavailable",
+                "rate-limit seed unavailable",
+            ));
+        };
+        let client_key = limit.key.client_key(work.head, jwt_subject, api_key_id);
+        let decision = limiter.check(env.shared, limit, &client_key, env.now_ms);
+        work.response.rate_limit_headers = decision.headers(&limit.name, limit.window_seconds);
+        if decision.allowed {
+            Ok(())
         } else {
-            vec![("x-request-id", request_id.to_string())]
+            Err(Refusal::new(
+                LocalReply::new(ErrorCode::RateLimited, request_id),
+                "rate_limited",
+                format!(
+                    "{}: {}",
+                    limit.name,
+                    decision.reason.unwrap_or("limit exceeded")
+                ),
+            ))
         }
     }
+
+    /// The decision once the body of a [`Verdict::NeedBody`] request has arrived whole.
+    pub fn check_body(
+        &self,
+        head: &RequestHead,
+        check: &BodyCheck,
+        body: &[u8],
+        env: &RequestEnv<'_>,
+    ) -> Decision {
+        let mut work = Work {
+            head,
+            forward: Forward::default(),
+            response: ResponseContext::default(),
+            route: Some(check.route),
+            principal: None,
+            log_path: normalize_path(&head.path)
+                .map(|n| n.path)
+                .unwrap_or_default(),
+            allow_event: None,
+        };
+        work.response.request_id.clone_from(&head.request_id);
+        let outcome = self
+            .decide_body(head, check, body, env)
+            .map(|()| Verdict::Allow(Forward::default()));
+        self.conclude(outcome, work)
+    }
+
+    fn decide_body(
+        &self,
+        head: &RequestHead,
+        check: &BodyCheck,
+        body: &[u8],
+        env: &RequestEnv<'_>,
+    ) -> Result<(), Refusal> {
+        let request_id = head.request_id.as_str();
+        let Some(route) = self.routes.get(check.route) else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "config_error",
+                "route index",
+            ));
+        };
+        if body.len() as u64 > check.max_bytes {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::PayloadTooLarge, request_id),
+                "payload_too_large",
+                "body over max_body_bytes",
+            ));
+        }
+        if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
+            let now = env.now_seconds();
+            let refused = |refusal: crate::webhook::WebhookRefusal| {
+                Refusal::new(
+                    LocalReply::new(refusal.error_code(), request_id),
+                    "invalid_signature",
+                    format!("webhook {}: {}", webhook.name(), refusal.reason()),
+                )
+            };
+            let verified = webhook.verify(head, body, now).map_err(refused)?;
+            let table = SharedReplayTable::new(
+                env.shared,
+                replay_key_prefix(webhook.name()),
+                crate::replay::DEFAULT_SLOT_COUNT,
+                crate::replay::DEFAULT_ENTRIES_PER_SLOT,
+            );
+            webhook
+                .check_replay(&verified, &table, now)
+                .map_err(refused)?;
+        }
+        if let Some(schema) = &route.body_schema {
+            if let Err(details) = schema.validate(body) {
+                let mut reply = LocalReply::new(ErrorCode::BadRequest, request_id);
+                reply.body = envelope_with_details(ErrorCode::BadRequest, request_id, &details);
+                let fields: Vec<&str> = details.iter().map(|d| d.field.as_str()).collect();
+                return Err(Refusal::new(
+                    reply,
+                    "bad_request",
+                    format!("body schema: invalid fields {fields:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What to change on a response: security headers on every response, CORS and rate-limit
+    /// headers, `x-request-id`, and whether the body becomes the envelope.
+    pub fn plan_response(
+        &self,
+        ctx: &ResponseContext,
+        status: u16,
+        origin: ResponseOrigin,
+    ) -> ResponseEdits {
+        let mut edits = ResponseEdits::default();
+        edits
+            .remove
+            .extend(self.security_headers.to_remove().iter().cloned());
+        edits
+            .set
+            .extend(self.security_headers.to_set().iter().cloned());
+        if let Some(cors) = &self.cors {
+            for (name, value) in cors.response_headers(ctx.origin.as_deref()) {
+                if name == "vary" {
+                    edits.append.push((name, value));
+                } else {
+                    edits.set.push((name, value));
+                }
+            }
+        }
+        edits.set.extend(ctx.rate_limit_headers.iter().cloned());
+        if !ctx.request_id.is_empty() {
+            edits
+                .set
+                .push(("x-request-id".into(), ctx.request_id.clone()));
+        }
+        if self.mode == Mode::Enforce {
+            let plan = self.errors.plan(status, origin, ctx.is_head);
+            if let Some(code) = plan.code {
+                edits
+                    .remove
+                    .extend(plan.remove_headers.iter().map(|h| h.to_string()));
+                if plan.remove_content_length {
+                    edits.remove.push("content-length".into());
+                }
+                edits.set.extend(
+                    plan.set_headers
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.to_string())),
+                );
+                edits.replace_body = plan.envelope(&ctx.request_id);
+                edits.error_code = Some(code);
+                edits.log_body_bytes = plan.log_bytes;
+            }
+        }
+        edits
+    }
+}
+
+/// Changes to a response, in the order: remove, set (replace), append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseEdits {
+    pub remove: Vec<String>,
+    pub set: Vec<(String, String)>,
+    pub append: Vec<(String, String)>,
+    /// The envelope that replaces the body, when the response is an error being rewritten.
+    pub replace_body: Option<String>,
+    pub error_code: Option<ErrorCode>,
+    /// How much of the original body to keep for the log.
+    pub log_body_bytes: usize,
+}
+
+fn jwt_refusal(request_id: &str) -> impl Fn(JwtFailure) -> Refusal + '_ {
+    move |failure| {
+        let (code, challenge, reason) = match failure {
+            JwtFailure::Missing => (ErrorCode::Unauthorized, CHALLENGE_NO_TOKEN, "no token"),
+            JwtFailure::Refused {
+                expired: true,
+                reason,
+            } => (ErrorCode::TokenExpired, CHALLENGE_BAD_TOKEN, reason),
+            JwtFailure::Refused {
+                expired: false,
+                reason,
+            } => (ErrorCode::InvalidToken, CHALLENGE_BAD_TOKEN, reason),
+        };
+        Refusal::new(
+            LocalReply::new(code, request_id).with_header("www-authenticate", challenge),
+            "auth_failure",
+            reason,
+        )
+    }
+}
+
+fn api_key_refusal(request_id: &str, reason: &str) -> Refusal {
+    Refusal::new(
+        LocalReply::new(ErrorCode::InvalidApiKey, request_id)
+            .with_header("www-authenticate", CHALLENGE_BAD_TOKEN),
+        "auth_failure",
+        format!("api key: {reason}"),
+    )
 }

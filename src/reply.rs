@@ -96,6 +96,29 @@ pub fn envelope(code: ErrorCode, request_id: &str) -> String {
     serde_json::to_string(&envelope).unwrap_or_else(|_| String::from("{}"))
 }
 
+/// The envelope with `details` (request body validation): field paths and messages, never the
+/// rejected values.
+pub fn envelope_with_details<D: Serialize>(
+    code: ErrorCode,
+    request_id: &str,
+    details: &D,
+) -> String {
+    #[derive(Serialize)]
+    struct WithDetails<'a, D: Serialize> {
+        error: &'a str,
+        code: &'a str,
+        request_id: &'a str,
+        details: &'a D,
+    }
+    let body = WithDetails {
+        error: code.message(),
+        code: code.code(),
+        request_id,
+        details,
+    };
+    serde_json::to_string(&body).unwrap_or_else(|_| envelope(code, request_id))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u16,

@@ -69,6 +69,15 @@ impl RequestHead {
             .map(|(_, v)| v.trim_matches('"'))
     }
 
+    /// How many times cookie `name` appears (a repeated credential cookie is ambiguous).
+    pub fn cookie_count(&self, name: &str) -> usize {
+        self.header_values("cookie")
+            .flat_map(|h| h.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(n, _)| *n == name)
+            .count()
+    }
+
     /// The `cookie` header without cookie `name`, or `None` when nothing else is left.
     pub fn cookie_header_without(&self, name: &str) -> Option<String> {
         let kept: Vec<&str> = self

@@ -26,3 +26,13 @@ pub trait CounterStore {
 
 /// A CAS token the host never issues in practice (it would take four billion writes).
 pub const INSERT_IF_ABSENT: u32 = u32::MAX;
+
+/// A reference to a store is a store (the replay table borrows the host's).
+impl<T: CounterStore + ?Sized> CounterStore for &T {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
+    }
+}

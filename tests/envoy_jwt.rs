@@ -343,15 +343,17 @@ fn jwt_authentication_through_envoy() {
         "unauthorized",
         Some(r#"Bearer realm="api""#),
     );
-    // A token in the URL is never read.
+    // A token in the URL is never read: the request is refused outright (URLs end up in logs).
     let in_url = token("p256", Alg::ES256, json!({}));
     let response = envoy.request("GET", &format!("/api/documents?access_token={in_url}"), &[]);
+    assert_refusal("token in query", &response, 400, "credentials_in_url", None);
+    let response = envoy.request("GET", &format!("/public/info?page=2&token={in_url}"), &[]);
     assert_refusal(
-        "token in query",
+        "token in query on a public route",
         &response,
-        401,
-        "unauthorized",
-        Some(r#"Bearer realm="api""#),
+        400,
+        "credentials_in_url",
+        None,
     );
     // Another scheme in Authorization is not a bearer token.
     let response = envoy.request(

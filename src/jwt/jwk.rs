@@ -63,7 +63,12 @@ pub struct Jwk {
 impl Jwk {
     /// Whether this key may verify a token signed with `alg`.
     pub fn accepts(&self, alg: Alg) -> bool {
-        alg.family() == self.family && self.alg.is_none_or(|own| own == alg)
+        let long_enough = match &self.material {
+            // RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
+            KeyMaterial::Hmac(secret) => secret.0.len() >= alg.hash().output_len(),
+            _ => true,
+        };
+        alg.family() == self.family && self.alg.is_none_or(|own| own == alg) && long_enough
     }
 }
 
@@ -311,6 +316,17 @@ pub fn parse_jwk(key: &Value, at: &str) -> Result<Jwk, ConfigError> {
             ));
         }
     };
+    if let (Some(alg), KeyMaterial::Hmac(secret)) = (alg, &material) {
+        if secret.0.len() < alg.hash().output_len() {
+            return Err(ConfigError::new(
+                join(at, "k"),
+                format!(
+                    "{alg} needs a secret of at least {} bytes",
+                    alg.hash().output_len()
+                ),
+            ));
+        }
+    }
     if let Some(alg) = alg {
         if alg.family() != family {
             return Err(ConfigError::new(

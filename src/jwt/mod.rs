@@ -254,6 +254,12 @@ impl JwtAuth {
                     }));
                 }
                 TokenSource::Cookie { name } => {
+                    if head.cookie_count(name) > 1 {
+                        return Err(JwtFailure::Refused {
+                            expired: false,
+                            reason: "credential cookie repeated",
+                        });
+                    }
                     if let Some(token) = head.cookie(name) {
                         if token.is_empty() {
                             return Err(JwtFailure::Refused {

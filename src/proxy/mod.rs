@@ -5,17 +5,22 @@
 //! unwrap host errors, and under `panic = "abort"` a panic kills the worker's VM for every
 //! request it carries. A host error on the request path becomes a fail-closed 503 instead.
 
+use crate::body_limit::BodyCounter;
 use crate::config;
+use crate::error_rewrite::{BodySample, ResponseOrigin};
+use crate::events::SecurityEvent;
 use crate::jwt::cache::TokenCache;
 use crate::jwt::verifier::{
     ForeignFunctions, HostCallFailed, HostVerifier, RustVerifier, SignatureVerifier,
 };
-use crate::policy::{Policy, RequestEnv, Verdict};
+use crate::policy::{BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext, Verdict};
+use crate::rate_limit::{shared_seed, Limiter};
 use crate::reply::{ErrorCode, LocalReply};
 use crate::request::RequestHead;
+use crate::shared_store::{CounterStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -33,16 +38,29 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+fn log_event(event: &SecurityEvent) {
+    let level = if event.code == "allowed" {
+        LogLevel::Info
+    } else {
+        LogLevel::Warn
+    };
+    log(level, &event.to_json());
+}
+
 /// Logs a message once for all the VMs of this plugin (Envoy runs one per worker, plus one on
-/// the main thread, and each runs `on_configure`). Shared data has no "insert if absent"; a CAS
-/// value the host never hands out (it issues them from a counter starting at 1) turns `set`
-/// into one: it succeeds only while the key does not exist.
+/// the main thread, and each runs `on_configure`), using insert-if-absent on shared data.
 fn log_once(level: LogLevel, message: &str) {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(message.as_bytes());
     let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let key = format!("api-guard.logged.{key}");
-    if hostcalls::set_shared_data(&key, Some(b"1"), Some(u32::MAX)).is_ok() {
+    if HostSharedData
+        .set(
+            &format!("api-guard.logged.{key}"),
+            b"1",
+            Some(crate::shared_store::INSERT_IF_ABSENT),
+        )
+        .is_ok()
+    {
         log(level, message);
     }
 }
@@ -58,11 +76,44 @@ impl ForeignFunctions for EnvoyForeignFunctions {
     }
 }
 
+/// Proxy-wasm shared data (one map per `vm_id`, shared by every worker).
+struct HostSharedData;
+
+impl CounterStore for HostSharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Ok(Some((value, cas.unwrap_or(0)))),
+            // An empty value comes back without data but with its CAS token.
+            Ok((None, Some(cas))) => Ok(Some((Vec::new(), cas))),
+            Ok((None, None)) => Ok(None),
+            Err(_) => Err(StoreError::Unavailable),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Unavailable),
+        }
+    }
+}
+
+fn now_ms() -> Result<u64, Status> {
+    let time = hostcalls::get_current_time()?;
+    Ok(time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
 /// Per-VM state shared by the root context and the request contexts of one worker.
 struct Shared {
     policy: Policy,
     verifier: Box<dyn SignatureVerifier>,
     token_cache: RefCell<TokenCache>,
+    /// `None` when no shared seed could be agreed: rate-limited routes then fail closed.
+    limiter: Option<Limiter>,
 }
 
 #[derive(Default)]
@@ -86,7 +137,7 @@ impl RootContext for ApiGuardRoot {
                     LogLevel::Error,
                     &format!("api-guard: cannot read the plugin configuration: {status:?}"),
                 );
-                return false;
+                return true;
             }
         };
         let policy = match config::load(&bytes) {
@@ -108,6 +159,14 @@ impl RootContext for ApiGuardRoot {
                 return true;
             }
         };
+        if let Some(cors) = &policy.cors {
+            for warning in cors.warnings() {
+                log_once(
+                    LogLevel::Warn,
+                    &format!("api-guard: configuration warning: {warning}"),
+                );
+            }
+        }
         let verifier: Box<dyn SignatureVerifier> =
             if HostVerifier::self_test(&EnvoyForeignFunctions) {
                 Box::new(HostVerifier {
@@ -116,6 +175,22 @@ impl RootContext for ApiGuardRoot {
             } else {
                 Box::new(RustVerifier)
             };
+        let limiter = if policy.rate_limits.is_empty() {
+            None
+        } else {
+            let mut fresh = [0u8; 32];
+            let seeded = getrandom::getrandom(&mut fresh).map_err(|_| StoreError::Unavailable);
+            match seeded.and_then(|()| shared_seed(&HostSharedData, fresh)) {
+                Ok(seed) => Some(Limiter::new(seed)),
+                Err(error) => {
+                    log_once(
+                        LogLevel::Error,
+                        &format!("api-guard: no shared rate-limit seed ({error:?}); rate-limited routes answer 503"),
+                    );
+                    None
+                }
+            }
+        };
         log_once(
             LogLevel::Info,
             &format!(
@@ -128,6 +203,7 @@ impl RootContext for ApiGuardRoot {
             policy,
             verifier,
             token_cache: RefCell::new(TokenCache::new(TOKEN_CACHE_SLOTS)),
+            limiter,
         }));
         true
     }
@@ -135,7 +211,7 @@ impl RootContext for ApiGuardRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(ApiGuardHttp {
             shared: self.shared.clone(),
-            request_id: String::new(),
+            ..ApiGuardHttp::default()
         }))
     }
 
@@ -144,49 +220,61 @@ impl RootContext for ApiGuardRoot {
     }
 }
 
+/// A body being held for a check on the whole of it.
+struct HeldBody {
+    head: RequestHead,
+    forward: Forward,
+    check: BodyCheck,
+}
+
+/// An upstream or Envoy error body being replaced by the envelope as it streams.
+struct BodyRewrite {
+    envelope: String,
+    sample: BodySample,
+    status: u16,
+}
+
+#[derive(Default)]
 struct ApiGuardHttp {
     /// `None` when the configuration was refused: every request then fails closed.
     shared: Option<Rc<Shared>>,
-    request_id: String,
+    response: ResponseContext,
+    held: Option<HeldBody>,
+    body_counter: Option<BodyCounter>,
+    sent_local_reply: bool,
+    rewrite: Option<BodyRewrite>,
 }
 
 impl Context for ApiGuardHttp {}
 
 impl ApiGuardHttp {
-    fn send(&self, reply: &LocalReply) -> Action {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
+    fn send(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) -> Action {
+        self.sent_local_reply = true;
+        let headers: Vec<(&str, &str)> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        if hostcalls::send_http_response(
-            u32::from(reply.status),
-            headers,
-            Some(reply.body.as_bytes()),
-        )
-        .is_err()
-        {
+        if hostcalls::send_http_response(u32::from(status), headers, Some(body)).is_err() {
             // Cannot answer: reset the stream rather than let the request through.
             let _ = hostcalls::reset_http_request();
         }
         Action::Pause
     }
 
-    fn fail_closed(&self, why: &str) -> Action {
+    fn send_reply(&mut self, reply: &LocalReply) -> Action {
+        self.send(reply.status, &reply.headers, reply.body.as_bytes())
+    }
+
+    fn fail_closed(&mut self, why: &str) -> Action {
         log(
             LogLevel::Error,
             &format!("api-guard: failing closed: {why}"),
         );
-        self.send(&LocalReply::new(
-            ErrorCode::ServiceUnavailable,
-            &self.request_id,
-        ))
+        let reply = LocalReply::new(ErrorCode::ServiceUnavailable, &self.response.request_id);
+        self.send_reply(&reply)
     }
 
-    fn apply_forward(
-        &self,
-        forward: &crate::policy::Forward,
-    ) -> Result<(), proxy_wasm::types::Status> {
+    fn apply_forward(forward: &Forward) -> Result<(), Status> {
         for name in &forward.remove_headers {
             hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)?;
         }
@@ -198,15 +286,100 @@ impl ApiGuardHttp {
         }
         Ok(())
     }
+
+    /// Carries out a decision; `held` is the request head when the body may still be needed.
+    fn carry_out(
+        &mut self,
+        decision: Decision,
+        head: Option<RequestHead>,
+        end_of_stream: bool,
+    ) -> Action {
+        if let Some(event) = &decision.event {
+            log_event(event);
+        }
+        self.response = decision.response;
+        match decision.verdict {
+            Verdict::Allow(forward) => {
+                if let Some(held) = self.held.take() {
+                    if let Err(status) = Self::apply_forward(&held.forward) {
+                        return self
+                            .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                    }
+                }
+                if let Err(status) = Self::apply_forward(&forward) {
+                    return self
+                        .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                }
+                self.body_counter = self.response.stream_body_limit.map(BodyCounter::new);
+                Action::Continue
+            }
+            Verdict::Deny(reply) => self.send_reply(&reply),
+            Verdict::Preflight(headers) => self.send(204, &headers, b""),
+            Verdict::NeedBody { forward, check } => {
+                let Some(head) = head else {
+                    return self.fail_closed("body check without a request head");
+                };
+                self.held = Some(HeldBody {
+                    head,
+                    forward,
+                    check,
+                });
+                if end_of_stream {
+                    self.check_held_body(0)
+                } else {
+                    // Headers wait with the body until the whole body has been checked.
+                    Action::Pause
+                }
+            }
+        }
+    }
+
+    fn check_held_body(&mut self, body_size: usize) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return self.fail_closed("the plugin configuration was refused");
+        };
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(status) => {
+                return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+            }
+        };
+        let now_ms = match now_ms() {
+            Ok(now) => now,
+            Err(status) => return self.fail_closed(&format!("cannot read the clock: {status:?}")),
+        };
+        let Some(held) = &self.held else {
+            return Action::Continue;
+        };
+        let decision = {
+            let Ok(mut token_cache) = shared.token_cache.try_borrow_mut() else {
+                return self.fail_closed("token cache busy");
+            };
+            let env = RequestEnv {
+                now_ms,
+                verifier: shared.verifier.as_ref(),
+                token_cache: &mut token_cache,
+                shared: &HostSharedData,
+                limiter: shared.limiter.as_ref(),
+            };
+            let mut decision = shared
+                .policy
+                .check_body(&held.head, &held.check, &body, &env);
+            // The response context of the headers phase (rate-limit headers, origin) stands.
+            decision.response = self.response.clone();
+            decision
+        };
+        self.carry_out(decision, None, true)
+    }
 }
 
 impl HttpContext for ApiGuardHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             if let Ok(Some(request_id)) =
                 hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-request-id")
             {
-                self.request_id = request_id;
+                self.response.request_id = request_id;
             }
             return self.fail_closed("the plugin configuration was refused");
         };
@@ -221,12 +394,9 @@ impl HttpContext for ApiGuardHttp {
             .flatten();
         let source = source.as_deref().and_then(|b| std::str::from_utf8(b).ok());
         let head = RequestHead::from_host(headers, source);
-        self.request_id.clone_from(&head.request_id);
-        let now = match hostcalls::get_current_time() {
-            Ok(time) => time
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+        self.response.request_id.clone_from(&head.request_id);
+        let now_ms = match now_ms() {
+            Ok(now) => now,
             Err(status) => return self.fail_closed(&format!("cannot read the clock: {status:?}")),
         };
         let decision = {
@@ -234,38 +404,147 @@ impl HttpContext for ApiGuardHttp {
                 return self.fail_closed("token cache busy");
             };
             let mut env = RequestEnv {
-                now,
+                now_ms,
                 verifier: shared.verifier.as_ref(),
                 token_cache: &mut token_cache,
+                shared: &HostSharedData,
+                limiter: shared.limiter.as_ref(),
             };
             shared.policy.check_request(&head, &mut env)
         };
-        if let Some(event) = &decision.event {
-            log(LogLevel::Warn, &event.to_json());
-        }
-        match &decision.verdict {
-            Verdict::Allow(forward) => match self.apply_forward(forward) {
-                Ok(()) => Action::Continue,
-                Err(status) => {
-                    self.fail_closed(&format!("cannot rewrite request headers: {status:?}"))
-                }
-            },
-            Verdict::Deny(reply) => self.send(reply),
-        }
+        self.carry_out(decision, Some(head), end_of_stream)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(shared) = &self.shared {
-            for (name, value) in shared.policy.response_headers(&self.request_id) {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let over_limit = match (&self.held, &mut self.body_counter) {
+            (Some(held), _) => body_size as u64 > held.check.max_bytes,
+            (None, Some(counter)) => counter.add(body_size),
+            (None, None) => false,
+        };
+        if over_limit {
+            let held = self.held.take();
+            self.body_counter = None;
+            let Some(shared) = self.shared.clone() else {
+                return self.fail_closed("no policy");
+            };
+            let (event, reply) = shared.policy.body_too_large(&self.response);
+            log_event(&event);
+            if let Some(reply) = reply {
+                return self.send_reply(&reply);
             }
-        } else if !self.request_id.is_empty() {
-            let _ = hostcalls::set_map_value(
-                MapType::HttpResponseHeaders,
-                "x-request-id",
-                Some(&self.request_id),
-            );
+            // Report mode: let the request go on as it would have.
+            if let Some(held) = held {
+                if let Err(status) = Self::apply_forward(&held.forward) {
+                    return self
+                        .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                }
+            }
+        }
+        if self.held.is_some() {
+            if !end_of_stream {
+                // Buffer: the body is checked whole, and nothing goes upstream before that.
+                return Action::Pause;
+            }
+            return self.check_held_body(body_size);
         }
         Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            if !self.response.request_id.is_empty() {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpResponseHeaders,
+                    "x-request-id",
+                    Some(&self.response.request_id),
+                );
+            }
+            return Action::Continue;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let origin = if self.sent_local_reply {
+            ResponseOrigin::Filter
+        } else if status >= 400 {
+            let details = hostcalls::get_property(vec!["response", "code_details"])
+                .ok()
+                .flatten();
+            ResponseOrigin::classify(
+                false,
+                details.as_deref().and_then(|d| std::str::from_utf8(d).ok()),
+            )
+        } else {
+            ResponseOrigin::Upstream
+        };
+        let edits = shared.policy.plan_response(&self.response, status, origin);
+        for name in &edits.remove {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+        }
+        for (name, value) in &edits.set {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+        }
+        for (name, value) in &edits.append {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+        }
+        if let Some(envelope) = edits.replace_body {
+            if end_of_stream {
+                // No body to replace; the headers already say what the error is.
+                self.log_upstream_error(status, &BodySample::new(0));
+            } else {
+                self.rewrite = Some(BodyRewrite {
+                    envelope,
+                    sample: BodySample::new(edits.log_body_bytes),
+                    status,
+                });
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(rewrite) = &mut self.rewrite else {
+            return Action::Continue;
+        };
+        let keep = rewrite.sample.remaining().min(body_size);
+        if keep > 0 {
+            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, keep) {
+                rewrite.sample.push_partial(&chunk, body_size);
+            }
+        } else {
+            rewrite.sample.push_partial(&[], body_size);
+        }
+        // The original body never reaches the client: each chunk is dropped as it passes, and
+        // the envelope takes the place of the last one.
+        let replacement: &[u8] = if end_of_stream {
+            rewrite.envelope.as_bytes()
+        } else {
+            b""
+        };
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, replacement).is_err() {
+            let _ = hostcalls::reset_http_response();
+        }
+        if end_of_stream {
+            if let Some(rewrite) = self.rewrite.take() {
+                self.log_upstream_error(rewrite.status, &rewrite.sample);
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl ApiGuardHttp {
+    fn log_upstream_error(&self, status: u16, sample: &BodySample) {
+        if let Some(shared) = &self.shared {
+            log(
+                LogLevel::Warn,
+                &shared
+                    .policy
+                    .upstream_error_event(&self.response, status, sample)
+                    .to_json(),
+            );
+        }
     }
 }
