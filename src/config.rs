@@ -8,6 +8,7 @@ use crate::body_schema::BodySchema;
 use crate::config_error::{index, join, ConfigError};
 use crate::cors::{Cors, CorsConfig};
 use crate::error_rewrite::{ErrorRewrite, ErrorsConfig};
+use crate::events::EventsConfig;
 use crate::jwt::{JwtAuth, JwtConfig};
 use crate::policy::{Auth, Mode, Policy, Route, API_KEY_ID_HEADER};
 use crate::rate_limit::{self, RateLimit};
@@ -39,6 +40,8 @@ struct RawConfig {
     errors: Option<ErrorsConfig>,
     #[serde(default)]
     webhooks: BTreeMap<String, WebhookConfig>,
+    #[serde(default)]
+    events: EventsConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +201,7 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         errors: errors_rewrite,
         webhooks,
         identity_headers,
+        events: raw.events,
     })
 }
 
@@ -386,7 +390,8 @@ mod tests {
           "cors": { "allow_origins": ["https://app.example.com"], "allow_credentials": true },
           "security_headers": { "set": { "content-security-policy": "default-src 'self'" } },
           "errors": { "rewrite_upstream": "5xx", "log_upstream_body_bytes": 1024 },
-          "webhooks": { "github": { "scheme": "github", "secrets": ["0123456789abcdef0123"] } }
+          "webhooks": { "github": { "scheme": "github", "secrets": ["0123456789abcdef0123"] } },
+          "events": { "max_per_second": 50 }
         }"#;
         let policy = load(config.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(policy.routes.len(), 4);

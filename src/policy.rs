@@ -97,6 +97,7 @@ pub struct Policy {
     pub webhooks: Vec<Webhook>,
     /// Headers removed from every request: the ones the filter sets from verified credentials.
     pub identity_headers: Vec<String>,
+    pub events: crate::events::EventsConfig,
 }
 
 /// What the host lends the core for one request.
@@ -847,6 +848,27 @@ pub struct ResponseEdits {
     pub log_body_bytes: usize,
 }
 
+impl ResponseEdits {
+    /// Applies the edits to a whole header map (names lower case, as Envoy gives them): the
+    /// adapter reads the map once and writes it back once, instead of one host call per header.
+    pub fn apply_to(&self, headers: &mut Vec<(String, String)>) {
+        headers.retain(|(name, _)| {
+            !self.remove.iter().any(|r| r == name) && !self.set.iter().any(|(s, _)| s == name)
+        });
+        headers.extend(self.set.iter().cloned());
+        headers.extend(self.append.iter().cloned());
+    }
+}
+
+/// The `:status` of a response header map.
+pub fn response_status(headers: &[(String, String)]) -> u16 {
+    headers
+        .iter()
+        .find(|(name, _)| name == ":status")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
 fn jwt_refusal(request_id: &str) -> impl Fn(JwtFailure) -> Refusal + '_ {
     move |failure| {
         let (code, challenge, reason) = match failure {
@@ -875,4 +897,46 @@ fn api_key_refusal(request_id: &str, reason: &str) -> Refusal {
         "auth_failure",
         format!("api key: {reason}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn response_edits_remove_replace_and_append() {
+        let mut headers = pairs(&[
+            (":status", "200"),
+            ("server", "upstream/1.0"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("vary", "accept-encoding"),
+            ("content-type", "application/json"),
+        ]);
+        let edits = ResponseEdits {
+            remove: vec!["server".into()],
+            set: pairs(&[("x-frame-options", "DENY"), ("x-request-id", "r1")]),
+            append: pairs(&[("vary", "Origin")]),
+            ..ResponseEdits::default()
+        };
+        edits.apply_to(&mut headers);
+        assert_eq!(
+            headers,
+            pairs(&[
+                (":status", "200"),
+                ("vary", "accept-encoding"),
+                ("content-type", "application/json"),
+                ("x-frame-options", "DENY"),
+                ("x-request-id", "r1"),
+                ("vary", "Origin"),
+            ])
+        );
+        assert_eq!(response_status(&headers), 200);
+        assert_eq!(response_status(&[]), 0);
+    }
 }

@@ -31,7 +31,7 @@ const USAGE: &str = "usage:
       Validates a plugin configuration with the filter's own validation: a JSON plugin config,
       or an Envoy YAML/JSON config (or Istio WasmPlugin) holding api-guard's configuration.
       Prints every error with its JSON path. Exit code 0 when valid, 1 on errors.
-  api-guard token --key <private JWK file> [--alg ALG] [--iss ISSUER] [--aud AUDIENCE]
+  api-guard token --key <private JWK file> [--alg ALG] [--iss ISSUER] [--aud AUDIENCE] [--count N]
                   [--sub SUBJECT] [--scope \"a b\"] [--roles r1,r2] [--ttl SECONDS] [--claim name=<json>]
       Signs a test token (for demos and tests; never for production identities).
   api-guard jwks --key <private JWK file> [--key ...]
@@ -128,10 +128,18 @@ fn token(args: &[String]) -> Result<(), String> {
     let mut key = None;
     let mut alg = None;
     let mut ttl: u64 = 3600;
+    let mut count: u64 = 1;
     let mut claims = Map::new();
     for (name, value) in flags(args)? {
         match name {
             "key" => key = Some(read_key(value)?),
+            "count" => {
+                count = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| "--count takes a positive number".to_string())?
+            }
             "alg" => {
                 alg = Some(
                     api_guard::jwt::alg::Alg::from_name(value)
@@ -170,7 +178,18 @@ fn token(args: &[String]) -> Result<(), String> {
     };
     claims.entry("iat").or_insert(Value::from(now));
     claims.entry("exp").or_insert(Value::from(now + ttl));
-    println!("{}", mint::sign(&key, alg, &claims)?);
+    if count == 1 {
+        println!("{}", mint::sign(&key, alg, &claims)?);
+        return Ok(());
+    }
+    // Distinct tokens (a `jti` each), one per line: benchmarks of the cache-miss path.
+    let mut out = String::new();
+    for n in 0..count {
+        claims.insert("jti".into(), Value::String(format!("t{n}")));
+        out.push_str(&mint::sign(&key, alg, &claims)?);
+        out.push('\n');
+    }
+    print!("{out}");
     Ok(())
 }
 

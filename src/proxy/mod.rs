@@ -8,12 +8,14 @@
 use crate::body_limit::BodyCounter;
 use crate::config;
 use crate::error_rewrite::{BodySample, ResponseOrigin};
-use crate::events::SecurityEvent;
+use crate::events::{summary_json, Admission, EventBudget, SecurityEvent};
 use crate::jwt::cache::TokenCache;
 use crate::jwt::verifier::{
     ForeignFunctions, HostCallFailed, HostVerifier, RustVerifier, SignatureVerifier,
 };
-use crate::policy::{BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext, Verdict};
+use crate::policy::{
+    response_status, BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext, Verdict,
+};
 use crate::rate_limit::{shared_seed, Limiter};
 use crate::reply::{ErrorCode, LocalReply};
 use crate::request::RequestHead;
@@ -38,13 +40,25 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-fn log_event(event: &SecurityEvent) {
+/// Writes a security event, within the worker's per-second budget of event lines.
+fn log_event(shared: &Shared, event: &SecurityEvent) {
     let level = if event.code == "allowed" {
         LogLevel::Info
     } else {
         LogLevel::Warn
     };
-    log(level, &event.to_json());
+    let admission = match (shared.event_budget.try_borrow_mut(), now_ms()) {
+        (Ok(mut budget), Ok(now)) => budget.admit(now),
+        _ => Admission::Log,
+    };
+    match admission {
+        Admission::Suppress => {}
+        Admission::Log => log(level, &event.to_json()),
+        Admission::LogAfterSummary { suppressed } => {
+            log(LogLevel::Warn, &summary_json(suppressed));
+            log(level, &event.to_json());
+        }
+    }
 }
 
 /// Logs a message once for all the VMs of this plugin (Envoy runs one per worker, plus one on
@@ -114,6 +128,7 @@ struct Shared {
     token_cache: RefCell<TokenCache>,
     /// `None` when no shared seed could be agreed: rate-limited routes then fail closed.
     limiter: Option<Limiter>,
+    event_budget: RefCell<EventBudget>,
 }
 
 #[derive(Default)]
@@ -200,10 +215,11 @@ impl RootContext for ApiGuardRoot {
             ),
         );
         self.shared = Some(Rc::new(Shared {
-            policy,
             verifier,
             token_cache: RefCell::new(TokenCache::new(TOKEN_CACHE_SLOTS)),
             limiter,
+            event_budget: RefCell::new(EventBudget::new(policy.events.max_per_second)),
+            policy,
         }));
         true
     }
@@ -294,8 +310,8 @@ impl ApiGuardHttp {
         head: Option<RequestHead>,
         end_of_stream: bool,
     ) -> Action {
-        if let Some(event) = &decision.event {
-            log_event(event);
+        if let (Some(event), Some(shared)) = (&decision.event, &self.shared) {
+            log_event(shared, event);
         }
         self.response = decision.response;
         match decision.verdict {
@@ -428,7 +444,7 @@ impl HttpContext for ApiGuardHttp {
                 return self.fail_closed("no policy");
             };
             let (event, reply) = shared.policy.body_too_large(&self.response);
-            log_event(&event);
+            log_event(&shared, &event);
             if let Some(reply) = reply {
                 return self.send_reply(&reply);
             }
@@ -461,11 +477,13 @@ impl HttpContext for ApiGuardHttp {
             }
             return Action::Continue;
         };
-        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        // One read and one write of the whole map: every host call crosses the V8 boundary, and
+        // a response gets a dozen headers set or removed.
+        let mut headers = match hostcalls::get_map(MapType::HttpResponseHeaders) {
+            Ok(headers) => headers,
+            Err(_) => return Action::Continue,
+        };
+        let status = response_status(&headers);
         let origin = if self.sent_local_reply {
             ResponseOrigin::Filter
         } else if status >= 400 {
@@ -480,14 +498,15 @@ impl HttpContext for ApiGuardHttp {
             ResponseOrigin::Upstream
         };
         let edits = shared.policy.plan_response(&self.response, status, origin);
-        for name in &edits.remove {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
-        }
-        for (name, value) in &edits.set {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
-        }
-        for (name, value) in &edits.append {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+        edits.apply_to(&mut headers);
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        if hostcalls::set_map(MapType::HttpResponseHeaders, pairs).is_err() {
+            // The security headers could not be written: do not send the response without them.
+            let _ = hostcalls::reset_http_response();
+            return Action::Pause;
         }
         if let Some(envelope) = edits.replace_body {
             if end_of_stream {
@@ -538,12 +557,11 @@ impl HttpContext for ApiGuardHttp {
 impl ApiGuardHttp {
     fn log_upstream_error(&self, status: u16, sample: &BodySample) {
         if let Some(shared) = &self.shared {
-            log(
-                LogLevel::Warn,
+            log_event(
+                shared,
                 &shared
                     .policy
-                    .upstream_error_event(&self.response, status, sample)
-                    .to_json(),
+                    .upstream_error_event(&self.response, status, sample),
             );
         }
     }

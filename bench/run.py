@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""api-guard against Envoy's native filters, through a real Envoy.
+
+Three configurations of one Envoy (--concurrency 1, pinned to CPU 0; wrk on CPU 1), each with a
+second listener of the same Envoy as the upstream answering a small JSON body:
+  bare       no security filter: the physical limit of this route
+  native     envoy.filters.http.cors + jwt_authn (ES256, issuer, audience, claim_to_headers,
+             jwt_cache_config) + local_ratelimit (x-ratelimit headers) + security headers via
+             response_headers_to_add
+  api-guard  the filter with the equivalent config (JWT ES256, CORS, security headers, a rate
+             limit, error rewriting)
+Workloads: hot (one valid token), cold (20,000 distinct valid tokens, round robin), reject
+(distinct tokens with a bad signature), limited (a rate limit that refuses most requests).
+Configurations are interleaved in rounds and medians reported: this machine is shared and noisy.
+
+  python3 bench/run.py [--rounds 3] [--duration 10] [--warmup 2] [--connections 32] [--out bench/results.md]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY = os.environ.get("ENVOY", str(ROOT / ".venv/bin/envoy"))
+CLI = ROOT / "target/release/api-guard"
+WASM = ROOT / "target/wasm32-wasip1/release/api_guard.wasm"
+KEY = ROOT / "tests/keys/p256.json"
+ISSUER = "https://issuer.bench.test"
+AUDIENCE = "https://api.bench.test"
+ORIGIN = "https://app.bench.test"
+# Listener, upstream listener and admin ports of the benchmarked Envoy (loopback only).
+PORT, UPSTREAM_PORT, ADMIN_PORT = 18000, 18001, 18901
+NEVER_LIMIT = 1_000_000_000
+LIMITED = 100  # requests per 60 s in the `limited` workload: nearly everything is refused
+
+SECURITY_HEADERS = [
+    ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("x-xss-protection", "0"),
+]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def public_jwks():
+    return json.loads(run([str(CLI), "jwks", "--key", str(KEY)]))
+
+
+def mint(count, extra=()):
+    out = run([str(CLI), "token", "--key", str(KEY), "--iss", ISSUER, "--aud", AUDIENCE,
+               "--sub", "bench-user", "--ttl", "7200", "--count", str(count), *extra])
+    return out.split()
+
+
+def corrupt_signature(token):
+    """Changes one character in the middle of the signature (canonical base64url stays valid)."""
+    head, payload, sig = token.split(".")
+    mid = len(sig) // 2
+    swapped = "A" if sig[mid] != "A" else "B"
+    return f"{head}.{payload}.{sig[:mid]}{swapped}{sig[mid + 1:]}"
+
+
+def api_guard_config(limit):
+    return {
+        "jwt": {"providers": [{
+            "name": "bench", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
+            "jwks": {"inline": public_jwks()},
+            "claims_to_headers": [{"claim": "sub", "header": "x-user-id"}],
+            "forward_token": False,
+        }]},
+        "routes": [{"name": "api", "match": {"path_prefix": "/"}, "auth": "jwt", "rate_limit": "bench"}],
+        "rate_limits": {"bench": {"requests": limit, "window_seconds": 60, "key": "ip"}},
+        "cors": {"allow_origins": [ORIGIN], "allow_methods": ["GET", "POST"],
+                 "allow_headers": ["authorization", "content-type"], "allow_credentials": True,
+                 "max_age_seconds": 600},
+        "errors": {"rewrite_upstream": "5xx"},
+    }
+
+
+def indent(text, n):
+    pad = " " * n
+    return "\n".join(pad + line if line else line for line in text.splitlines())
+
+
+def envoy_yaml(kind, limit):
+    route_extra = ""
+    vhost_extra = ""
+    filters = ""
+    if kind == "native":
+        jwks = json.dumps(public_jwks())
+        headers = "\n".join(
+            f"- header: {{ key: {json.dumps(k)}, value: {json.dumps(v)} }}\n  append_action: OVERWRITE_IF_EXISTS_OR_ADD"
+            for k, v in SECURITY_HEADERS)
+        vhost_extra = f"""
+response_headers_to_add:
+{headers}
+response_headers_to_remove: [server, x-powered-by, x-envoy-upstream-service-time]
+typed_per_filter_config:
+  envoy.filters.http.cors:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+    allow_origin_string_match: [ {{ exact: {json.dumps(ORIGIN)} }} ]
+    allow_methods: "GET, POST"
+    allow_headers: "authorization, content-type"
+    allow_credentials: true
+    max_age: "600"
+"""
+        filters = f"""
+- name: envoy.filters.http.cors
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+- name: envoy.filters.http.jwt_authn
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+    providers:
+      bench:
+        issuer: {json.dumps(ISSUER)}
+        audiences: [{json.dumps(AUDIENCE)}]
+        local_jwks: {{ inline_string: {json.dumps(jwks)} }}
+        forward: false
+        claim_to_headers: [ {{ header_name: x-user-id, claim_name: sub }} ]
+        jwt_cache_config: {{ jwt_cache_size: 4096 }}
+    rules:
+    - match: {{ prefix: "/" }}
+      requires: {{ provider_name: bench }}
+- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+    stat_prefix: bench
+    token_bucket: {{ max_tokens: {limit}, tokens_per_fill: {limit}, fill_interval: 60s }}
+    filter_enabled: {{ default_value: {{ numerator: 100, denominator: HUNDRED }}, runtime_key: rl_enabled }}
+    filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }}, runtime_key: rl_enforced }}
+    enable_x_ratelimit_headers: DRAFT_VERSION_03
+"""
+    elif kind == "api-guard":
+        config = json.dumps(api_guard_config(limit))
+        filters = f"""
+- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: api-guard
+      root_id: api-guard
+      failure_policy: FAIL_CLOSED
+      vm_config:
+        vm_id: api-guard
+        runtime: envoy.wasm.runtime.v8
+        code: {{ local: {{ filename: {json.dumps(str(WASM))} }} }}
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: {json.dumps(config)}
+"""
+    return f"""
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ADMIN_PORT} }} }}
+static_resources:
+  listeners:
+  - name: api
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PORT} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: api
+          server_header_transformation: PASS_THROUGH
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+{indent(vhost_extra, 14)}
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream, timeout: 5s }}
+{indent(route_extra, 16)}
+          http_filters:
+{indent(filters, 10)}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: upstream
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_PORT} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: upstream
+          route_config:
+            virtual_hosts:
+            - name: upstream
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: '{{"documents":[{{"id":"doc-1","title":"Quarterly report"}}]}}' }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_PORT} }} }} }}
+"""
+
+
+WRK_LUA = """
+local tokens = {}
+for line in io.lines(os.getenv("BENCH_TOKENS")) do tokens[#tokens + 1] = line end
+local origin = os.getenv("BENCH_ORIGIN")
+local i = 0
+request = function()
+  i = i + 1
+  if i > #tokens then i = 1 end
+  return wrk.format("GET", "/api/documents", { ["Authorization"] = "Bearer " .. tokens[i], ["Origin"] = origin })
+end
+"""
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pinned(cpu):
+    if shutil.which("taskset") and os.cpu_count() and os.cpu_count() >= 2:
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def wait_ready(proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("Envoy exited")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("Envoy not ready")
+
+
+def probe(token):
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/api/documents",
+                                 headers={"Authorization": f"Bearer {token}", "Origin": ORIGIN})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def parse_wrk(text):
+    def latency_ms(pct):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    return {"rps": rps, "p50": latency_ms(50), "p99": latency_ms(99),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "requests": int(total.group(1)) if total else 0}
+
+
+def measure(kind, workload, tokens_file, args, tmp):
+    limit = LIMITED if workload == "limited" else NEVER_LIMIT
+    cfg = tmp / f"{kind}-{workload}.yaml"
+    cfg.write_text(envoy_yaml(kind, limit))
+    log = open(tmp / f"envoy-{kind}-{workload}.log", "w")
+    proc = subprocess.Popen(pinned(0) + [ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+                                        "--log-level", "info"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(proc)
+        first = Path(tokens_file).read_text().split()[0]
+        status = probe(first)
+        expected = {"hot": 200, "cold": 200, "reject": 401, "limited": 200}[workload]
+        if status != expected:
+            raise RuntimeError(f"{kind}/{workload}: probe answered {status}, expected {expected}")
+        env = dict(os.environ, BENCH_TOKENS=str(tokens_file), BENCH_ORIGIN=ORIGIN)
+        wrk = pinned(1) + ["wrk", "-t1", f"-c{args.connections}", "-s", str(tmp / "tokens.lua"), "--latency"]
+        url = f"http://127.0.0.1:{PORT}/api/documents"
+        subprocess.run(wrk + [f"-d{args.warmup}s", url], env=env, check=True, capture_output=True)
+        rss_warm = rss_kib(proc.pid)
+        out = subprocess.run(wrk + [f"-d{args.duration}s", url], env=env, check=True, capture_output=True, text=True).stdout
+        result = parse_wrk(out)
+        result["rss_warm"], result["rss_after"] = rss_warm, rss_kib(proc.pid)
+        return result
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workloads", default="hot,cold,reject,limited")
+    parser.add_argument("--out", default=str(ROOT / "bench/results.md"))
+    args = parser.parse_args()
+    for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build")]:
+        if not Path(path).exists():
+            sys.exit(f"{path} not found: run `{make}`")
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: `make bench` installs it (Debian package wrk)")
+    for port in (PORT, UPSTREAM_PORT, ADMIN_PORT):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                sys.exit(f"port {port} is in use: stop what listens there first")
+
+    tmp = Path(tempfile.mkdtemp(prefix="api-guard-bench-"))
+    (tmp / "tokens.lua").write_text(WRK_LUA)
+    print("minting tokens...", flush=True)
+    hot = mint(1)
+    cold = mint(20_000)
+    reject = [corrupt_signature(t) for t in mint(1_000)]
+    files = {}
+    for name, tokens in [("hot", hot), ("cold", cold), ("reject", reject), ("limited", hot)]:
+        files[name] = tmp / f"{name}.tokens"
+        files[name].write_text("\n".join(tokens) + "\n")
+
+    workloads = args.workloads.split(",")
+    plan = [(w, k) for w in workloads for k in (["bare", "native", "api-guard"] if w == "hot" else ["native", "api-guard"])]
+    results = {key: [] for key in plan}
+    print(f"wrk -t1 -c{args.connections}: {args.duration}s per run after {args.warmup}s warm-up, "
+          f"{args.rounds} rounds; Envoy --concurrency 1{' (pinned)' if pinned(0) else ''}", flush=True)
+    for rnd in range(1, args.rounds + 1):
+        for workload, kind in plan:
+            r = measure(kind, workload, files[workload], args, tmp)
+            results[(workload, kind)].append(r)
+            print(f"  round {rnd} {workload:8} {kind:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
+                  f"p99 {r['p99']:.2f} ms  non-2xx {r['non2xx']}  RSS {r['rss_warm'] // 1024}->{r['rss_after'] // 1024} MiB",
+                  flush=True)
+
+    def med(workload, kind, field):
+        return statistics.median(r[field] for r in results[(workload, kind)])
+
+    lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | api-guard / native | api-guard / bare |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for workload in workloads:
+        kinds = ["bare", "native", "api-guard"] if workload == "hot" else ["native", "api-guard"]
+        for kind in kinds:
+            rows = results[(workload, kind)]
+            growth = max((r["rss_after"] - r["rss_warm"]) / r["rss_warm"] * 100 for r in rows if r["rss_warm"])
+            ratio_native = ratio_bare = ""
+            if kind == "api-guard":
+                ratio_native = f"{med(workload, 'api-guard', 'rps') / med(workload, 'native', 'rps'):.2f}"
+                if workload == "hot":
+                    ratio_bare = f"{med(workload, 'api-guard', 'rps') / med(workload, 'bare', 'rps'):.2f}"
+            lines.append(f"| {workload} | {kind} | {med(workload, kind, 'rps'):.0f} | {med(workload, kind, 'p50'):.2f} | "
+                         f"{med(workload, kind, 'p99'):.2f} | {sum(r['non2xx'] for r in rows)} | {growth:+.1f}% | "
+                         f"{ratio_native} | {ratio_bare} |")
+    wasm_size = WASM.stat().st_size
+    table = "\n".join(lines)
+    header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "
+              f"({args.rounds} rounds, {args.duration} s runs, {args.connections} connections, "
+              f"Envoy 1.40 --concurrency 1; api_guard.wasm {wasm_size} bytes).\n\n")
+    print()
+    print(table)
+    print(f"\napi_guard.wasm: {wasm_size} bytes")
+    Path(args.out).write_text(header + table + "\n")
+    print(f"saved to {args.out}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
