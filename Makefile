@@ -80,9 +80,13 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --release --target wasm32-wasip1 -- -D warnings
 
-## bench: requests/s through Envoy with and without the filter (wrk; see bench/README.md)
+## bench: api-guard against Envoy's native filters and bare Envoy (wrk), and the criterion
+## micro-benchmarks of the core; writes bench/results.md
 bench: build envoy cli
-	bash bench/run.sh
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
+		{ echo "install wrk (Debian package 'wrk')" >&2; exit 1; }
+	python3 bench/run.py
+	cargo bench --bench core
 
 clean:
 	cargo clean
