@@ -2,6 +2,8 @@
 //! verified-token cache hit, a rate-limit decision, and API key lookup (hash and constant-time
 //! compare). `cargo bench --bench core` (part of `make bench`).
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use api_guard::api_keys::{key_sha256_hex, ApiKeys, ApiKeysConfig};
 use api_guard::jwt::alg::Alg;
 use api_guard::jwt::cache::TokenCache;
