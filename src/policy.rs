@@ -856,7 +856,18 @@ impl ResponseEdits {
             !self.remove.iter().any(|r| r == name) && !self.set.iter().any(|(s, _)| s == name)
         });
         headers.extend(self.set.iter().cloned());
-        headers.extend(self.append.iter().cloned());
+        for (name, value) in &self.append {
+            // A list header (`Vary`) gets the value once, however many parts of the filter
+            // (or the upstream) added it.
+            let present = headers.iter().any(|(n, v)| {
+                n == name
+                    && v.split(',')
+                        .any(|item| item.trim().eq_ignore_ascii_case(value))
+            });
+            if !present {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
     }
 }
 
@@ -938,5 +949,12 @@ mod tests {
         );
         assert_eq!(response_status(&headers), 200);
         assert_eq!(response_status(&[]), 0);
+        // Already listed (a preflight's own Vary): not added twice.
+        let mut preflight = pairs(&[
+            (":status", "204"),
+            ("vary", "origin, Access-Control-Request-Method"),
+        ]);
+        edits.apply_to(&mut preflight);
+        assert_eq!(preflight.iter().filter(|(n, _)| n == "vary").count(), 1);
     }
 }
