@@ -181,6 +181,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: api
           server_header_transformation: PASS_THROUGH
+          use_remote_address: true
           route_config:
             virtual_hosts:
             - name: api

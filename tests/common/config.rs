@@ -61,7 +61,22 @@ fn reindent(block: &str, indent: usize) -> String {
     out
 }
 
+/// Settings of the generated YAML beyond `ConfigParams` (kept separate so
+/// that `ConfigParams` literals elsewhere keep compiling).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenderExtras {
+    /// The route's upstream timeout; `None` = 5 s.
+    pub route_timeout_ms: Option<u64>,
+}
+
 pub fn render(p: &ConfigParams<'_>) -> String {
+    render_with(p, &RenderExtras::default())
+}
+
+/// `render` with the extra settings of `extras`.
+pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
+    let timeout_ms = extras.route_timeout_ms.unwrap_or(5_000);
+    let route_timeout = format!("{}.{:03}s", timeout_ms / 1000, timeout_ms % 1000);
     let wasm_filter = match p.plugin {
         None => String::new(),
         Some((json, wasm)) => format!(
@@ -108,6 +123,8 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
           server_header_transformation: PASS_THROUGH
+          # The client address is the connection's, never a client-written X-Forwarded-For.
+          use_remote_address: true
           generate_request_id: true
           # The filter normalises paths itself.
           normalize_path: false
@@ -119,7 +136,7 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream, timeout: 5s }}
+                route: {{ cluster: upstream, timeout: {route_timeout} }}
           http_filters:
 {wasm_filter}          - name: envoy.filters.http.router
             typed_config:
