@@ -159,6 +159,7 @@ typed_per_filter_config:
       name: api-guard
       root_id: api-guard
       failure_policy: FAIL_CLOSED
+      allow_on_headers_stop_iteration: true
       vm_config:
         vm_id: api-guard
         runtime: envoy.wasm.runtime.v8

@@ -499,6 +499,11 @@ impl HttpContext for ApiGuardHttp {
         };
         let edits = shared.policy.plan_response(&self.response, status, origin);
         edits.apply_to(&mut headers);
+        if let (Some(envelope), false) = (&edits.replace_body, end_of_stream) {
+            // The body that follows is exactly the envelope: say so, so that a rewritten error
+            // looks like the filter's own replies (same framing), not like a chunked upstream one.
+            headers.push(("content-length".into(), envelope.len().to_string()));
+        }
         let pairs: Vec<(&str, &str)> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))

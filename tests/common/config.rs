@@ -88,6 +88,9 @@ pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
                 root_id: api-guard
                 # Envoy 1.40: `fail_open` is deprecated; failure_policy replaces it.
                 failure_policy: FAIL_CLOSED
+                # Without it, a filter that holds the headers never sees the body (webhook and
+                # body_schema routes would hang).
+                allow_on_headers_stop_iteration: true
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {value}
