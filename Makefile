@@ -17,7 +17,17 @@ DEMO_KEY := envoy/demo-keys/demo-es256.private.json
 DEMO_ISSUER := https://auth.demo.api-guard.local
 DEMO_AUDIENCE := https://api.demo.api-guard.local
 
-.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy validate lint bench clean
+# The browser test and the header scanner (make test-browser): Debian's chromium, npm
+# playwright-core (tests/browser, never `playwright install`: no browser download), PyPI drheader.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+BROWSER_DIR := tests/browser
+PLAYWRIGHT := $(BROWSER_DIR)/node_modules/playwright-core/package.json
+DRHEADER_VERSION := 2.0.0
+DRHEADER := $(VENV)/bin/drheader
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench clean
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -60,8 +70,9 @@ run: build envoy cli
 	echo
 	exec "$(ENVOY)" -c envoy/demo.yaml --concurrency 2 --log-level info --disable-hot-restart
 
-## test: native tests of the core, validation of every Envoy config, real-Envoy integration tests
-test: build envoy test-native validate test-envoy
+## test: native tests of the core, validation of every Envoy config, real-Envoy integration tests,
+## the real-browser CORS test and the header scan
+test: build envoy test-native validate test-envoy test-browser
 
 test-native:
 	cargo test --lib --bins
@@ -74,6 +85,31 @@ validate: envoy
 
 test-envoy: build envoy
 	cargo test --test '*'
+
+## chromium: Debian's chromium at $(CHROMIUM) (apt-get when missing)
+chromium:
+	@test -x "$(CHROMIUM)" || { \
+		echo "installing Debian's chromium (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@test -x "$(CHROMIUM)" || { echo "chromium not found at $(CHROMIUM)" >&2; exit 1; }
+
+# playwright-core drives the system chromium; it has no install script and downloads nothing.
+$(PLAYWRIGHT): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null || \
+		{ echo "Node.js 20 or newer is needed for tests/browser (playwright-core)" >&2; exit 1; }
+	cd $(BROWSER_DIR) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+$(DRHEADER):
+	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check drheader==$(DRHEADER_VERSION)
+
+## test-browser: headless Chromium loads pages from an allowed and a disallowed origin and fetches
+## through Envoy (tests/browser/cors.mjs); drheader scans responses with tests/drheader-rules.yml.
+## Both are #[ignore]d tests of tests/envoy_cors_errors.rs, run here with what they need.
+test-browser: build envoy chromium $(PLAYWRIGHT) $(DRHEADER)
+	DRHEADER=$(DRHEADER) cargo test --test envoy_cors_errors -- --ignored
 
 lint:
 	cargo fmt --check

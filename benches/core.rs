@@ -33,13 +33,18 @@ fn routes(c: &mut Criterion) {
         .filter_map(|s| serde_json::from_value::<MatchConfig>(s.clone()).ok())
         .filter_map(|m| CompiledMatch::compile(&m, "match").ok())
         .collect();
-    c.bench_function("route: normalise + match (template, 3rd of 4 routes)", |b| {
-        b.iter(|| {
-            let path = normalize_path(black_box("/users/alice/documents?page=2")).ok();
-            let path = path.map(|p| p.path).unwrap_or_default();
-            matchers.iter().find_map(|m| m.matches("GET", "api.example.com", &path))
-        })
-    });
+    c.bench_function(
+        "route: normalise + match (template, 3rd of 4 routes)",
+        |b| {
+            b.iter(|| {
+                let path = normalize_path(black_box("/users/alice/documents?page=2")).ok();
+                let path = path.map(|p| p.path).unwrap_or_default();
+                matchers
+                    .iter()
+                    .find_map(|m| m.matches("GET", "api.example.com", &path))
+            })
+        },
+    );
 }
 
 fn jwt(c: &mut Criterion) {
@@ -85,14 +90,18 @@ fn rate_limit(c: &mut Criterion) {
         "rate_limits",
     )
     .unwrap_or_else(|e| panic!("{e:?}"));
-    let Some(limit) = limits.get("api") else { return };
+    let Some(limit) = limits.get("api") else {
+        return;
+    };
     let limiter = Limiter::new([7; 32]);
     let store = MemoryStore::new();
     let mut now_ms = 1_900_000_000_000u64;
     c.bench_function("rate limit: one admission (in-memory CAS store)", |b| {
         b.iter(|| {
             now_ms += 1;
-            limiter.check(&store, limit, black_box("ip:203.0.113.7"), now_ms).allowed
+            limiter
+                .check(&store, limit, black_box("ip:203.0.113.7"), now_ms)
+                .allowed
         })
     });
 }
@@ -104,12 +113,14 @@ fn api_keys(c: &mut Criterion) {
             json!({"id": format!("svc-{i}"), "prefix": "ag_live_", "sha256": key_sha256_hex(&key)})
         })
         .collect();
-    let config: ApiKeysConfig = serde_json::from_value(json!({"keys": keys})).unwrap_or_else(|e| panic!("{e}"));
+    let config: ApiKeysConfig =
+        serde_json::from_value(json!({"keys": keys})).unwrap_or_else(|e| panic!("{e}"));
     let compiled = ApiKeys::compile(&config, "api_keys").unwrap_or_else(|e| panic!("{e:?}"));
     let presented = format!("ag_live_{:040}", 5_000);
-    c.bench_function("api key: hash + constant-time compare among 10,000 keys", |b| {
-        b.iter(|| compiled.verify(black_box(&presented), 0).is_ok())
-    });
+    c.bench_function(
+        "api key: hash + constant-time compare among 10,000 keys",
+        |b| b.iter(|| compiled.verify(black_box(&presented), 0).is_ok()),
+    );
 }
 
 criterion_group!(benches, routes, jwt, rate_limit, api_keys);

@@ -18,7 +18,7 @@ use crate::api_keys::{credentials_in_query, ApiKey, ApiKeys};
 use crate::authz::{Identity, OwnerRule, Requirement};
 use crate::body_limit::content_length_exceeds;
 use crate::body_schema::BodySchema;
-use crate::cors::{request_origin, Cors, PreflightOutcome};
+use crate::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS};
 use crate::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
 use crate::events::SecurityEvent;
 use crate::jwt::cache::TokenCache;
@@ -798,6 +798,13 @@ impl Policy {
             .set
             .extend(self.security_headers.to_set().iter().cloned());
         if let Some(cors) = &self.cors {
+            if origin != ResponseOrigin::Filter {
+                // CORS is the filter's to answer: an upstream's own `Access-Control-Allow-Origin:
+                // *` would otherwise open the API to origins the allowlist refuses.
+                edits
+                    .remove
+                    .extend(OWNED_RESPONSE_HEADERS.iter().map(|h| h.to_string()));
+            }
             for (name, value) in cors.response_headers(ctx.origin.as_deref()) {
                 if name == "vary" {
                     edits.append.push((name, value));
@@ -833,6 +840,22 @@ impl Policy {
         }
         edits
     }
+}
+
+/// The response edits when there is no policy (the configuration was refused and every request
+/// is answered 503): the default security headers and the request id, still on every response.
+pub fn fallback_response_edits(request_id: &str) -> ResponseEdits {
+    let mut edits = ResponseEdits::default();
+    if let Ok(defaults) = SecurityHeaders::compile(None, "security_headers") {
+        edits.remove.extend(defaults.to_remove().iter().cloned());
+        edits.set.extend(defaults.to_set().iter().cloned());
+    }
+    if !request_id.is_empty() {
+        edits
+            .set
+            .push(("x-request-id".into(), request_id.to_string()));
+    }
+    edits
 }
 
 /// Changes to a response, in the order: remove, set (replace), append.

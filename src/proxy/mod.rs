@@ -14,7 +14,8 @@ use crate::jwt::verifier::{
     ForeignFunctions, HostCallFailed, HostVerifier, RustVerifier, SignatureVerifier,
 };
 use crate::policy::{
-    response_status, BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext, Verdict,
+    fallback_response_edits, response_status, BodyCheck, Decision, Forward, Policy, RequestEnv,
+    ResponseContext, Verdict,
 };
 use crate::rate_limit::{shared_seed, Limiter};
 use crate::reply::{ErrorCode, LocalReply};
@@ -467,21 +468,15 @@ impl HttpContext for ApiGuardHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            if !self.response.request_id.is_empty() {
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpResponseHeaders,
-                    "x-request-id",
-                    Some(&self.response.request_id),
-                );
-            }
-            return Action::Continue;
-        };
         // One read and one write of the whole map: every host call crosses the V8 boundary, and
         // a response gets a dozen headers set or removed.
         let mut headers = match hostcalls::get_map(MapType::HttpResponseHeaders) {
             Ok(headers) => headers,
             Err(_) => return Action::Continue,
+        };
+        let Some(shared) = self.shared.clone() else {
+            fallback_response_edits(&self.response.request_id).apply_to(&mut headers);
+            return Self::write_response_headers(&headers);
         };
         let status = response_status(&headers);
         let origin = if self.sent_local_reply {
@@ -504,13 +499,7 @@ impl HttpContext for ApiGuardHttp {
             // looks like the filter's own replies (same framing), not like a chunked upstream one.
             headers.push(("content-length".into(), envelope.len().to_string()));
         }
-        let pairs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        if hostcalls::set_map(MapType::HttpResponseHeaders, pairs).is_err() {
-            // The security headers could not be written: do not send the response without them.
-            let _ = hostcalls::reset_http_response();
+        if Self::write_response_headers(&headers) == Action::Pause {
             return Action::Pause;
         }
         if let Some(envelope) = edits.replace_body {
@@ -560,6 +549,19 @@ impl HttpContext for ApiGuardHttp {
 }
 
 impl ApiGuardHttp {
+    fn write_response_headers(headers: &[(String, String)]) -> Action {
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        if hostcalls::set_map(MapType::HttpResponseHeaders, pairs).is_err() {
+            // The security headers could not be written: do not send the response without them.
+            let _ = hostcalls::reset_http_response();
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
     fn log_upstream_error(&self, status: u16, sample: &BodySample) {
         if let Some(shared) = &self.shared {
             log_event(

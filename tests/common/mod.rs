@@ -32,9 +32,12 @@ mod config;
 mod http;
 mod upstream;
 
-pub use config::{render as render_config, yaml_quote, ConfigParams};
+pub use config::{
+    render as render_config, render_with as render_config_with, yaml_quote, ConfigParams,
+    RenderExtras,
+};
 pub use http::{send_raw, send_request, Response};
-pub use upstream::{RecordedRequest, LEAKY_DETAIL_BODY};
+pub use upstream::{RecordedRequest, LEAKY_DETAIL_BODY, RESPONSE_HEADER_REQUEST};
 
 use std::fmt;
 use std::fs::{self, File};
@@ -107,6 +110,13 @@ pub struct EnvoyOptions {
     /// as at top level (`- name: foo\n  type: STATIC\n  ...`); the harness
     /// re-indents them.
     pub extra_clusters_yaml: Option<String>,
+    /// The `upstream` cluster points at a loopback port nothing listens on,
+    /// so Envoy answers every routed request itself (503, connection
+    /// failure). The recording upstream still runs but receives nothing.
+    pub upstream_down: bool,
+    /// The route's upstream timeout (Envoy answers 504 past it); `None` =
+    /// 5 s. Pair with the upstream's `/slow/<ms>`.
+    pub route_timeout_ms: Option<u64>,
 }
 
 impl Default for EnvoyOptions {
@@ -115,6 +125,8 @@ impl Default for EnvoyOptions {
             plugin_config: None,
             concurrency: 2,
             extra_clusters_yaml: None,
+            upstream_down: false,
+            route_timeout_ms: None,
         }
     }
 }
@@ -191,6 +203,8 @@ impl Envoy {
         let envoy_bin = require_envoy();
         let wasm = opts.plugin_config.as_ref().map(|_| require_wasm());
         let upstream = Upstream::start();
+        // A port that was free a moment ago and that nothing here listens on.
+        let dead_port = opts.upstream_down.then(|| free_port_pair().0);
 
         // Ports are picked by binding :0 and releasing, so another process
         // may grab one before Envoy binds it: retry on a bind failure.
@@ -199,13 +213,18 @@ impl Envoy {
         loop {
             attempt += 1;
             let (port, admin_port) = free_port_pair();
-            let yaml = render_config(&ConfigParams {
-                listener_port: port,
-                admin_port,
-                upstream_port: upstream.port(),
-                plugin: opts.plugin_config.as_deref().zip(wasm.as_deref()),
-                extra_clusters_yaml: opts.extra_clusters_yaml.as_deref(),
-            });
+            let yaml = config::render_with(
+                &ConfigParams {
+                    listener_port: port,
+                    admin_port,
+                    upstream_port: dead_port.unwrap_or(upstream.port()),
+                    plugin: opts.plugin_config.as_deref().zip(wasm.as_deref()),
+                    extra_clusters_yaml: opts.extra_clusters_yaml.as_deref(),
+                },
+                &RenderExtras {
+                    route_timeout_ms: opts.route_timeout_ms,
+                },
+            );
             let instance = INSTANCE.fetch_add(1, Ordering::SeqCst);
             let dir = make_temp_dir(instance);
             let started = Instant::now();

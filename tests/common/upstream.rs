@@ -6,6 +6,15 @@
 //! * `/status/<code>` (200..=599, query ignored) → that status, body
 //!   `{"upstream":"status","detail":"Traceback (most recent call last): internal secret db=10.0.0.5"}`
 //!   (later tests check such details never reach the client).
+//! * `/large-status/<code>/<bytes>` (200..=599) → that status with a body of
+//!   exactly `<bytes>` bytes (at most 64 MiB) that starts with
+//!   `LEAKY_DETAIL_BODY`, written in 64 KiB pieces: a large error body that a
+//!   filter must stream, not buffer.
+//! * `/slow/<ms>` → `200` after `<ms>` milliseconds (at most 60 s): for route
+//!   timeouts.
+//! * Any request header `x-test-response-header: <name>: <value>` (repeatable)
+//!   makes the upstream add `<name>: <value>` to its response: for headers a
+//!   real backend sends (`server`, `x-powered-by`, its own CORS headers, ...).
 //!
 //! Keep-alive (Envoy pools connections), Content-Length and chunked request
 //! bodies, `Expect: 100-continue`. One thread per connection.
@@ -170,6 +179,12 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>) -
         };
 
         let (status, resp_body) = respond_to(&path);
+        let extra_headers: Vec<String> = headers
+            .iter()
+            .filter(|(k, _)| k == RESPONSE_HEADER_REQUEST)
+            .filter_map(|(_, v)| v.split_once(':'))
+            .map(|(n, v)| format!("{}: {}\r\n", n.trim(), v.trim()))
+            .collect();
         // Record before answering, so a test that got its response always
         // finds the request recorded.
         lock(requests).push(RecordedRequest {
@@ -184,16 +199,21 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>) -
             reason(status),
             resp_body.len()
         );
+        for h in &extra_headers {
+            head.push_str(h);
+        }
         if close {
             head.push_str("connection: close\r\n");
         }
         head.push_str("\r\n");
-        let mut out = head.into_bytes();
         let bodiless = method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304;
+        writer.write_all(head.as_bytes())?;
         if !bodiless {
-            out.extend_from_slice(resp_body.as_bytes());
+            // In pieces, so a large body reaches Envoy as many reads, as from a real backend.
+            for piece in resp_body.as_bytes().chunks(64 * 1024) {
+                writer.write_all(piece)?;
+            }
         }
-        writer.write_all(&out)?;
         writer.flush()?;
         if close {
             return Ok(());
@@ -201,9 +221,48 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>) -
     }
 }
 
-/// Status and body for a request target.
+/// The request header that asks the upstream to add a response header
+/// (`<name>: <value>`).
+pub const RESPONSE_HEADER_REQUEST: &str = "x-test-response-header";
+
+/// Largest body `/large-status/<code>/<bytes>` sends.
+const MAX_LARGE_BODY: usize = 64 * 1024 * 1024;
+
+/// Longest delay `/slow/<ms>` takes.
+const MAX_SLOW_MS: u64 = 60_000;
+
+/// Status and body for a request target (may sleep, for `/slow/<ms>`).
 fn respond_to(path: &str) -> (u16, String) {
     let no_query = path.split(['?', '#']).next().unwrap_or("");
+    if let Some(rest) = no_query.strip_prefix("/large-status/") {
+        let mut parts = rest.splitn(2, '/');
+        let code = parts.next().and_then(|c| c.parse::<u16>().ok());
+        let bytes = parts.next().and_then(|b| b.parse::<usize>().ok());
+        return match (code, bytes) {
+            (Some(c), Some(n)) if (200..=599).contains(&c) && n <= MAX_LARGE_BODY => {
+                let mut body = String::with_capacity(n);
+                body.push_str(LEAKY_DETAIL_BODY);
+                while body.len() < n {
+                    body.push_str("\n    at internal.secret.Frame(db=10.0.0.5)");
+                }
+                body.truncate(n);
+                (c, body)
+            }
+            _ => (
+                400,
+                r#"{"upstream":"bad large-status request"}"#.to_string(),
+            ),
+        };
+    }
+    if let Some(ms) = no_query.strip_prefix("/slow/") {
+        return match ms.parse::<u64>() {
+            Ok(ms) if ms <= MAX_SLOW_MS => {
+                thread::sleep(Duration::from_millis(ms));
+                (200, r#"{"upstream":"slow"}"#.to_string())
+            }
+            _ => (400, r#"{"upstream":"bad slow request"}"#.to_string()),
+        };
+    }
     if let Some(code) = no_query.strip_prefix("/status/") {
         return match code.parse::<u16>() {
             Ok(c) if (200..=599).contains(&c) => (c, LEAKY_DETAIL_BODY.to_string()),
