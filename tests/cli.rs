@@ -268,17 +268,19 @@ fn check_a_good_and_a_bad_json_config() {
 #[test]
 fn check_an_envoy_yaml_with_a_bad_plugin_config() {
     let demo = std::fs::read_to_string(Path::new(CRATE).join("envoy/demo.yaml")).unwrap();
+    // The public route (routes[3]) names a rate limit that does not exist.
     let broken = demo.replace(
-        r#""auth": "jwt" }"#,
-        r#""auth": "jwt", "rate_limit": "x" }"#,
+        r#""rate_limit": "public_read" }"#,
+        r#""rate_limit": "logn" }"#,
     );
     assert_ne!(broken, demo);
     let path = scratch_file("broken-demo.yaml", &broken);
     let out = run(&["check", path.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout
-            .contains("typed_config.config.configuration] routes[2].rate_limit: "),
+        out.stdout.contains(
+            "typed_config.config.configuration] routes[3].rate_limit: unknown rate limit \"logn\""
+        ),
         "{}",
         out.stdout
     );
