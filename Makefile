@@ -121,6 +121,8 @@ lint:
 bench: build envoy cli
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
 		{ echo "install wrk (Debian package 'wrk')" >&2; exit 1; }
+	cargo build --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml \
+		--target-dir target/empty-filter
 	python3 bench/run.py
 	cargo bench --bench core
 

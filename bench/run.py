@@ -4,6 +4,8 @@
 Three configurations of one Envoy (--concurrency 1, pinned to CPU 0; wrk on CPU 1), each with a
 second listener of the same Envoy as the upstream answering a small JSON body:
   bare       no security filter: the physical limit of this route
+  empty-wasm a proxy-wasm filter that does nothing (bench/empty-filter): the floor of any wasm
+             filter in Envoy's V8, measured for the hot workload
   native     envoy.filters.http.cors + jwt_authn (ES256, issuer, audience, claim_to_headers,
              jwt_cache_config) + local_ratelimit (x-ratelimit headers) + security headers via
              response_headers_to_add
@@ -35,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY = os.environ.get("ENVOY", str(ROOT / ".venv/bin/envoy"))
 CLI = ROOT / "target/release/api-guard"
 WASM = ROOT / "target/wasm32-wasip1/release/api_guard.wasm"
+# The floor of any wasm filter (bench/empty-filter): built by `make bench`.
+EMPTY_WASM = ROOT / "target/empty-filter/wasm32-wasip1/release/empty_filter.wasm"
 KEY = ROOT / "tests/keys/p256.json"
 ISSUER = "https://issuer.bench.test"
 AUDIENCE = "https://api.bench.test"
@@ -149,8 +153,9 @@ typed_per_filter_config:
     filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }}, runtime_key: rl_enforced }}
     enable_x_ratelimit_headers: DRAFT_VERSION_03
 """
-    elif kind == "api-guard":
-        config = json.dumps(api_guard_config(limit))
+    elif kind in ("api-guard", "empty-wasm"):
+        config = json.dumps(api_guard_config(limit)) if kind == "api-guard" else ""
+        wasm = WASM if kind == "api-guard" else EMPTY_WASM
         filters = f"""
 - name: envoy.filters.http.wasm
   typed_config:
@@ -163,7 +168,7 @@ typed_per_filter_config:
       vm_config:
         vm_id: api-guard
         runtime: envoy.wasm.runtime.v8
-        code: {{ local: {{ filename: {json.dumps(str(WASM))} }} }}
+        code: {{ local: {{ filename: {json.dumps(str(wasm))} }} }}
       configuration:
         "@type": type.googleapis.com/google.protobuf.StringValue
         value: {json.dumps(config)}
@@ -306,6 +311,8 @@ def measure(kind, workload, tokens_file, args, tmp):
         first = Path(tokens_file).read_text().split()[0]
         status = probe(first)
         expected = {"hot": 200, "cold": 200, "reject": 401, "limited": 200}[workload]
+        if kind in ("bare", "empty-wasm"):
+            expected = 200
         if status != expected:
             raise RuntimeError(f"{kind}/{workload}: probe answered {status}, expected {expected}")
         env = dict(os.environ, BENCH_TOKENS=str(tokens_file), BENCH_ORIGIN=ORIGIN)
@@ -332,7 +339,7 @@ def main():
     parser.add_argument("--workloads", default="hot,cold,reject,limited")
     parser.add_argument("--out", default=str(ROOT / "bench/results.md"))
     args = parser.parse_args()
-    for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build")]:
+    for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build"), (EMPTY_WASM, "make bench")]:
         if not Path(path).exists():
             sys.exit(f"{path} not found: run `{make}`")
     if not shutil.which("wrk"):
@@ -354,7 +361,8 @@ def main():
         files[name].write_text("\n".join(tokens) + "\n")
 
     workloads = args.workloads.split(",")
-    plan = [(w, k) for w in workloads for k in (["bare", "native", "api-guard"] if w == "hot" else ["native", "api-guard"])]
+    hot_kinds = ["bare", "empty-wasm", "native", "api-guard"]
+    plan = [(w, k) for w in workloads for k in (hot_kinds if w == "hot" else ["native", "api-guard"])]
     results = {key: [] for key in plan}
     print(f"wrk -t1 -c{args.connections}: {args.duration}s per run after {args.warmup}s warm-up, "
           f"{args.rounds} rounds; Envoy --concurrency 1{' (pinned)' if pinned(0) else ''}", flush=True)
@@ -372,15 +380,15 @@ def main():
     lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | api-guard / native | api-guard / bare |",
              "|---|---|---|---|---|---|---|---|---|"]
     for workload in workloads:
-        kinds = ["bare", "native", "api-guard"] if workload == "hot" else ["native", "api-guard"]
+        kinds = hot_kinds if workload == "hot" else ["native", "api-guard"]
         for kind in kinds:
             rows = results[(workload, kind)]
             growth = max((r["rss_after"] - r["rss_warm"]) / r["rss_warm"] * 100 for r in rows if r["rss_warm"])
             ratio_native = ratio_bare = ""
             if kind == "api-guard":
                 ratio_native = f"{med(workload, 'api-guard', 'rps') / med(workload, 'native', 'rps'):.2f}"
-                if workload == "hot":
-                    ratio_bare = f"{med(workload, 'api-guard', 'rps') / med(workload, 'bare', 'rps'):.2f}"
+            if workload == "hot" and kind in ("api-guard", "empty-wasm"):
+                ratio_bare = f"{med(workload, kind, 'rps') / med(workload, 'bare', 'rps'):.2f}"
             lines.append(f"| {workload} | {kind} | {med(workload, kind, 'rps'):.0f} | {med(workload, kind, 'p50'):.2f} | "
                          f"{med(workload, kind, 'p99'):.2f} | {sum(r['non2xx'] for r in rows)} | {growth:+.1f}% | "
                          f"{ratio_native} | {ratio_bare} |")
