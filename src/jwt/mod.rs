@@ -6,6 +6,7 @@ pub mod b64url;
 pub mod cache;
 pub mod claims;
 pub mod jwk;
+pub mod remote;
 pub mod token;
 pub mod verifier;
 
