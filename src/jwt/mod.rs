@@ -12,10 +12,11 @@ pub mod verifier;
 
 use crate::config_error::{index, join, ConfigError};
 use crate::request::RequestHead;
-use alg::Alg;
+use alg::{Alg, KeyFamily};
 use cache::TokenCache;
 use claims::{ClaimRefusal, ClaimRules, TimeBounds};
 use jwk::Jwk;
+use remote::{RemoteJwks, RemoteKeys};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::rc::Rc;
@@ -102,7 +103,10 @@ pub struct Provider {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub algorithms: Vec<Alg>,
+    /// Inline keys: the whole set, or the fallback next to a remote source.
     pub keys: Vec<Jwk>,
+    /// Where the remote JWKS is fetched from; its keys are in [`RemoteKeys`], per VM.
+    pub remote: Option<RemoteJwks>,
     pub clock_skew_seconds: u64,
     pub max_lifetime_seconds: Option<u64>,
     pub require_expiration: bool,
@@ -141,6 +145,10 @@ pub struct VerifiedToken {
     pub time: TimeBounds,
     /// `claims_to_headers`, rendered once at verification.
     pub upstream_headers: Vec<(String, String)>,
+    /// The provider's remote key-set version the token was verified under (0: inline keys
+    /// only). A cached token counts only while that version is current, so a key removed from
+    /// the set stops verifying at once.
+    pub key_set_version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +157,44 @@ pub enum JwtFailure {
     Missing,
     /// A token was presented and refused; `expired` tells `token_expired` from `invalid_token`.
     Refused { expired: bool, reason: &'static str },
+}
+
+/// A remote provider has no key for a token (unknown `kid`, or no set fetched yet). Not a
+/// verdict yet: the request may wait for a refetch (see `policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyNotFound {
+    pub provider: usize,
+    /// No remote set has been fetched for the provider yet.
+    pub remote_set_missing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    Refused(JwtFailure),
+    KeyNotFound(KeyNotFound),
+}
+
+impl From<JwtFailure> for VerifyError {
+    fn from(failure: JwtFailure) -> VerifyError {
+        VerifyError::Refused(failure)
+    }
+}
+
+impl VerifyError {
+    /// The refusal once waiting is no option.
+    pub fn into_failure(self) -> JwtFailure {
+        match self {
+            VerifyError::Refused(failure) => failure,
+            VerifyError::KeyNotFound(missing) => JwtFailure::Refused {
+                expired: false,
+                reason: if missing.remote_set_missing {
+                    "no remote key set fetched yet"
+                } else {
+                    "unknown kid"
+                },
+            },
+        }
+    }
 }
 
 /// A token found in a request, with the place it came from.
@@ -279,8 +325,7 @@ impl JwtAuth {
         Ok(None)
     }
 
-    /// Verifies a found token. The cache is consulted first; on a hit only the time claims are
-    /// checked again.
+    /// Verifies a found token with inline keys only (a remote provider has no key here).
     pub fn verify(
         &self,
         found: FoundToken<'_>,
@@ -288,25 +333,39 @@ impl JwtAuth {
         verifier: &dyn SignatureVerifier,
         cache: &mut TokenCache,
     ) -> Result<Rc<VerifiedToken>, JwtFailure> {
+        self.verify_with(found, now, verifier, cache, &RemoteKeys::default())
+            .map_err(VerifyError::into_failure)
+    }
+
+    /// Verifies a found token with the inline keys and this VM's remote key sets. The cache is
+    /// consulted first; on a hit only the time claims are checked again.
+    pub fn verify_with(
+        &self,
+        found: FoundToken<'_>,
+        now: u64,
+        verifier: &dyn SignatureVerifier,
+        cache: &mut TokenCache,
+        remote_keys: &RemoteKeys,
+    ) -> Result<Rc<VerifiedToken>, VerifyError> {
         let digest = cache::token_digest(found.token);
         if let Some(hit) = cache.get(&digest) {
             // A hit counts only where its provider reads tokens: a token verified from a
-            // cookie must not be accepted from a header its provider never reads.
-            if let Some(provider) = self
-                .providers
-                .get(hit.provider)
-                .filter(|p| p.sources.contains(&found.source))
-            {
+            // cookie must not be accepted from a header its provider never reads. And only
+            // under the key set it was verified with: its key may have been removed since.
+            if let Some(provider) = self.providers.get(hit.provider).filter(|p| {
+                p.sources.contains(&found.source)
+                    && hit.key_set_version == remote_keys.version(hit.provider)
+            }) {
                 return match claims::check_time(hit.time, provider.clock_skew_seconds, now) {
                     Ok(()) => Ok(hit),
                     Err(refusal) => {
                         cache.remove(&digest);
-                        Err(claim_failure(refusal))
+                        Err(claim_failure(refusal).into())
                     }
                 };
             }
         }
-        let verified = Rc::new(self.verify_uncached(found, now, verifier)?);
+        let verified = Rc::new(self.verify_uncached(found, now, verifier, remote_keys)?);
         cache.insert(digest, Rc::clone(&verified));
         Ok(verified)
     }
@@ -316,7 +375,8 @@ impl JwtAuth {
         found: FoundToken<'_>,
         now: u64,
         verifier: &dyn SignatureVerifier,
-    ) -> Result<VerifiedToken, JwtFailure> {
+        remote_keys: &RemoteKeys,
+    ) -> Result<VerifiedToken, VerifyError> {
         let refused = |reason| JwtFailure::Refused {
             expired: false,
             reason,
@@ -336,23 +396,33 @@ impl JwtAuth {
             .ok_or(refused("no provider for this issuer and token location"))?;
         let alg = untrusted.header.alg;
         if !provider.algorithms.contains(&alg) {
-            return Err(refused("alg not allowed for this provider"));
+            return Err(refused("alg not allowed for this provider").into());
         }
         // Claims before the signature: refusing a bad token costs no public-key operation.
         let time =
             claims::validate(&untrusted.claims, &provider.rules(), now).map_err(claim_failure)?;
         let kid = untrusted.header.kid.as_deref();
-        let mut candidates = provider
-            .keys
+        let mut candidates = remote_keys
+            .keys(provider_index)
             .iter()
+            .chain(provider.keys.iter())
             .filter(|k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
             .peekable();
         if candidates.peek().is_none() {
+            if provider.remote.is_some() {
+                // The remote set may not have this key yet (rotation) or may not be fetched
+                // yet: the caller decides whether the request waits for a refetch.
+                return Err(VerifyError::KeyNotFound(KeyNotFound {
+                    provider: provider_index,
+                    remote_set_missing: !remote_keys.has_set(provider_index),
+                }));
+            }
             return Err(refused(if kid.is_some() {
                 "unknown kid"
             } else {
                 "no key for this alg"
-            }));
+            })
+            .into());
         }
         let mut last_refusal = "signature does not verify";
         let verified = candidates.any(|key| {
@@ -370,7 +440,7 @@ impl JwtAuth {
             }
         });
         if !verified {
-            return Err(refused(last_refusal));
+            return Err(refused(last_refusal).into());
         }
         let mut upstream_headers = Vec::with_capacity(provider.claims_to_headers.len());
         for (claim, header) in &provider.claims_to_headers {
@@ -391,6 +461,7 @@ impl JwtAuth {
             claims: untrusted.claims,
             time,
             upstream_headers,
+            key_set_version: remote_keys.version(provider_index),
         })
     }
 }
@@ -486,24 +557,41 @@ fn compile_provider(
         }
     };
     let jwks_at = join(at, "jwks");
-    let keys = match (&p.jwks.inline, &p.jwks.remote) {
-        (_, Some(_)) => {
-            errors.push(ConfigError::new(
-                join(&jwks_at, "remote"),
-                "remote JWKS is not supported by this build yet; use \"inline\"",
-            ));
-            Vec::new()
-        }
-        (Some(inline), None) => match jwk::parse_jwks(inline, &join(&jwks_at, "inline")) {
+    let keys = match &p.jwks.inline {
+        Some(inline) => match jwk::parse_jwks(inline, &join(&jwks_at, "inline")) {
             Ok(keys) => keys,
             Err(mut e) => {
                 errors.append(&mut e);
                 Vec::new()
             }
         },
-        (None, None) => {
-            errors.push(ConfigError::new(&jwks_at, "needs \"inline\" keys"));
-            Vec::new()
+        None => Vec::new(),
+    };
+    let remote = match &p.jwks.remote {
+        Some(remote) => {
+            let remote_at = join(&jwks_at, "remote");
+            if !algorithms.is_empty() && algorithms.iter().all(|a| a.family() == KeyFamily::Hmac) {
+                errors.push(ConfigError::new(
+                    &remote_at,
+                    "a remote JWKS never supplies HMAC secrets: allow an asymmetric algorithm",
+                ));
+            }
+            match RemoteJwks::compile(remote, &p.name, &algorithms, &remote_at) {
+                Ok(remote) => Some(remote),
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    None
+                }
+            }
+        }
+        None => {
+            if p.jwks.inline.is_none() {
+                errors.push(ConfigError::new(
+                    &jwks_at,
+                    "needs \"inline\" keys or a \"remote\" source",
+                ));
+            }
+            None
         }
     };
     if !keys.is_empty()
@@ -630,6 +718,7 @@ fn compile_provider(
         audiences: p.audiences.clone(),
         algorithms,
         keys,
+        remote,
         clock_skew_seconds: p.clock_skew_seconds,
         max_lifetime_seconds: p.max_lifetime_seconds,
         require_expiration: p.require_expiration,
