@@ -22,8 +22,9 @@ use crate::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS
 use crate::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
 use crate::events::SecurityEvent;
 use crate::jwt::cache::TokenCache;
+use crate::jwt::remote::{self, RemoteKeys, WaitTicket};
 use crate::jwt::verifier::SignatureVerifier;
-use crate::jwt::{JwtAuth, JwtFailure, TokenSource, VerifiedToken};
+use crate::jwt::{JwtAuth, JwtFailure, KeyNotFound, TokenSource, VerifiedToken, VerifyError};
 use crate::rate_limit::{CounterStore, Limiter, RateLimit};
 use crate::replay::{replay_key_prefix, SharedReplayTable};
 use crate::reply::{
@@ -111,6 +112,11 @@ pub struct RequestEnv<'a> {
     /// `None` when the workers could not agree on a rate-limit seed: rate-limited routes then
     /// fail closed.
     pub limiter: Option<&'a Limiter>,
+    /// This VM's remote key sets (empty when no provider is remote).
+    pub remote_keys: &'a RemoteKeys,
+    /// Whether a token whose key is not (yet) in its remote set may make the request wait for
+    /// a refetch. False when a request that waited is decided again: it never waits twice.
+    pub may_wait_for_keys: bool,
 }
 
 impl RequestEnv<'_> {
@@ -141,6 +147,10 @@ pub enum Verdict {
         forward: Forward,
         check: BodyCheck,
     },
+    /// Hold the request: its token's provider has no key for it yet, and a fetch that may bring
+    /// one is due or in flight. Decide it again (with `may_wait_for_keys: false`) when the
+    /// ticket is settled.
+    WaitForKeys(WaitTicket),
 }
 
 /// What to check once the body is complete.
@@ -198,6 +208,18 @@ impl Refusal {
             reason: reason.into(),
             event,
         }
+    }
+}
+
+/// Why authentication did not establish an identity.
+enum AuthStop {
+    Refused(Refusal),
+    WaitForKeys(WaitTicket),
+}
+
+impl From<Refusal> for AuthStop {
+    fn from(refusal: Refusal) -> AuthStop {
+        AuthStop::Refused(refusal)
     }
 }
 
@@ -437,7 +459,9 @@ impl Policy {
 
         let authenticated = match self.authenticate(route, work, env) {
             Ok(authenticated) => authenticated,
-            Err(refusal) => {
+            // Nothing is counted or logged yet: the request is decided when it stops waiting.
+            Err(AuthStop::WaitForKeys(ticket)) => return Ok(Verdict::WaitForKeys(ticket)),
+            Err(AuthStop::Refused(refusal)) => {
                 // A refused credential still counts against the client (by IP: the identity it
                 // claimed is not established), so guessing passwords or keys is throttled.
                 self.apply_rate_limit(route, None, None, work, env)?;
@@ -524,7 +548,7 @@ impl Policy {
         route: &Route,
         work: &mut Work<'_>,
         env: &mut RequestEnv<'_>,
-    ) -> Result<Authenticated, Refusal> {
+    ) -> Result<Authenticated, AuthStop> {
         let head = work.head;
         let request_id = head.request_id.as_str();
         let unauthorized = |reason: &str| {
@@ -552,14 +576,26 @@ impl Policy {
             _ => None,
         };
         if token.is_none() && key.is_none() {
-            return Err(unauthorized("no credential"));
+            return Err(unauthorized("no credential").into());
         }
         // When both are present, both must verify: a valid key must not cover a forged token.
         let verified_token = match (token, &self.jwt) {
             (Some(found), Some(jwt)) => {
-                let verified = jwt
-                    .verify(found, env.now_seconds(), env.verifier, env.token_cache)
-                    .map_err(jwt_refusal(request_id))?;
+                let verified = match jwt.verify_with(
+                    found,
+                    env.now_seconds(),
+                    env.verifier,
+                    env.token_cache,
+                    env.remote_keys,
+                ) {
+                    Ok(verified) => verified,
+                    Err(VerifyError::Refused(failure)) => {
+                        return Err(jwt_refusal(request_id)(failure).into())
+                    }
+                    Err(VerifyError::KeyNotFound(missing)) => {
+                        return Err(self.key_not_found(jwt, missing, env, request_id))
+                    }
+                };
                 work.forward
                     .set_headers
                     .extend(verified.upstream_headers.iter().cloned());
@@ -616,7 +652,7 @@ impl Policy {
             (Some(token), Some(key)) => Authenticated::Both(token, key),
             (Some(token), None) => Authenticated::Jwt(token),
             (None, Some(key)) => Authenticated::ApiKey(key),
-            (None, None) => return Err(unauthorized("no credential")),
+            (None, None) => return Err(unauthorized("no credential").into()),
         };
         work.principal = match &authenticated {
             Authenticated::Jwt(t) | Authenticated::Both(t, _) => t.subject.clone(),
@@ -624,6 +660,53 @@ impl Policy {
             Authenticated::Anonymous => None,
         };
         Ok(authenticated)
+    }
+
+    /// A remote provider has no key for the token: wait for the keys when they may still come
+    /// (bounded by the provider's `timeout_ms`), else refuse. Without any key set the refusal is
+    /// 503: the client did nothing wrong, the identity provider is unreachable.
+    fn key_not_found(
+        &self,
+        jwt: &JwtAuth,
+        missing: KeyNotFound,
+        env: &RequestEnv<'_>,
+        request_id: &str,
+    ) -> AuthStop {
+        let provider = jwt.providers.get(missing.provider);
+        if let Some(source) = provider.and_then(|p| p.remote.as_ref()) {
+            let local_version = env.remote_keys.version(missing.provider);
+            // Only unknown kids read shared data here: the fast path never does.
+            let may_wait = env.may_wait_for_keys
+                && (missing.remote_set_missing
+                    || remote::read_state(env.shared, source).is_ok_and(|read| {
+                        remote::unknown_kid_may_wait(
+                            read.state.as_ref(),
+                            local_version,
+                            source.min_refetch_ms,
+                            env.now_ms,
+                        )
+                    }));
+            if may_wait {
+                return AuthStop::WaitForKeys(WaitTicket {
+                    provider: missing.provider,
+                    registered_at_ms: env.now_ms,
+                    deadline_ms: env.now_ms.saturating_add(source.timeout_ms),
+                    version_seen: local_version,
+                    had_set: !missing.remote_set_missing,
+                });
+            }
+        }
+        if missing.remote_set_missing {
+            let name = provider.map_or("?", |p| p.name.as_str());
+            return AuthStop::Refused(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "jwks_unavailable",
+                format!("provider {name}: no key set could be fetched yet"),
+            ));
+        }
+        AuthStop::Refused(jwt_refusal(request_id)(
+            VerifyError::KeyNotFound(missing).into_failure(),
+        ))
     }
 
     fn api_key(&self, index: usize) -> Option<&ApiKey> {

@@ -5,6 +5,8 @@
 //! unwrap host errors, and under `panic = "abort"` a panic kills the worker's VM for every
 //! request it carries. A host error on the request path becomes a fail-closed 503 instead.
 
+mod jwks;
+
 use crate::body_limit::BodyCounter;
 use crate::config;
 use crate::error_rewrite::{BodySample, ResponseOrigin};
@@ -25,7 +27,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::UNIX_EPOCH;
 
 /// Verified tokens kept per worker. Direct-mapped, so this is also the memory bound.
@@ -33,7 +35,9 @@ const TOKEN_CACHE_SLOTS: usize = 4096;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ApiGuardRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(ApiGuardRoot { context_id, shared: None })
+    });
 }}
 
 fn log(level: LogLevel, message: &str) {
@@ -130,14 +134,28 @@ struct Shared {
     /// `None` when no shared seed could be agreed: rate-limited routes then fail closed.
     limiter: Option<Limiter>,
     event_budget: RefCell<EventBudget>,
+    /// Remote JWKS: this VM's key sets, its fetches, the requests waiting for keys.
+    remote_jwks: jwks::RemoteJwksDriver,
 }
 
-#[derive(Default)]
 struct ApiGuardRoot {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for ApiGuardRoot {}
+impl Context for ApiGuardRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(shared) = &self.shared {
+            jwks::on_fetch_response(shared, self.context_id, token_id, num_headers, body_size);
+        }
+    }
+}
 
 impl RootContext for ApiGuardRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
@@ -215,21 +233,37 @@ impl RootContext for ApiGuardRoot {
                 verifier.name()
             ),
         );
+        let remote_jwks = jwks::RemoteJwksDriver::new(&policy);
+        // Remote key sets are fetched from the timer only, never here: the first tick comes
+        // once the VM has started.
+        remote_jwks.start();
         self.shared = Some(Rc::new(Shared {
             verifier,
             token_cache: RefCell::new(TokenCache::new(TOKEN_CACHE_SLOTS)),
             limiter,
             event_budget: RefCell::new(EventBudget::new(policy.events.max_per_second)),
             policy,
+            remote_jwks,
         }));
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ApiGuardHttp {
-            shared: self.shared.clone(),
-            ..ApiGuardHttp::default()
-        }))
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            jwks::on_tick(shared, self.context_id);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let state = Rc::new_cyclic(|self_ref| {
+            RefCell::new(HttpState {
+                shared: self.shared.clone(),
+                context_id,
+                self_ref: self_ref.clone(),
+                ..HttpState::default()
+            })
+        });
+        Some(Box::new(ApiGuardHttp { state }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -251,8 +285,52 @@ struct BodyRewrite {
     status: u16,
 }
 
-#[derive(Default)]
+/// The SDK owns the http context; its state lives behind `Rc<RefCell<..>>` so that the root
+/// context can finish a request that waited for keys (the host lets the root act for a request
+/// with `set_effective_context`).
 struct ApiGuardHttp {
+    state: Rc<RefCell<HttpState>>,
+}
+
+impl Context for ApiGuardHttp {}
+
+impl ApiGuardHttp {
+    fn with_state(&self, handle: impl FnOnce(&mut HttpState) -> Action) -> Action {
+        match self.state.try_borrow_mut() {
+            Ok(mut state) => handle(&mut state),
+            // Unreachable (one thread, no re-entry), and never a pass-through if it were not.
+            Err(_) => {
+                let _ = hostcalls::reset_http_request();
+                Action::Pause
+            }
+        }
+    }
+}
+
+impl HttpContext for ApiGuardHttp {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.with_state(|state| state.on_http_request_headers(num_headers, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with_state(|state| state.on_http_request_body(body_size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.with_state(HttpState::on_http_request_trailers)
+    }
+
+    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.with_state(|state| state.on_http_response_headers(num_headers, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with_state(|state| state.on_http_response_body(body_size, end_of_stream))
+    }
+}
+
+#[derive(Default)]
+struct HttpState {
     /// `None` when the configuration was refused: every request then fails closed.
     shared: Option<Rc<Shared>>,
     response: ResponseContext,
@@ -260,11 +338,14 @@ struct ApiGuardHttp {
     body_counter: Option<BodyCounter>,
     sent_local_reply: bool,
     rewrite: Option<BodyRewrite>,
+    context_id: u32,
+    /// This state's own handle, registered with the root while the request waits for keys.
+    self_ref: Weak<RefCell<HttpState>>,
+    /// The request while it waits for a remote key set.
+    held_for_keys: Option<jwks::HeldForKeys>,
 }
 
-impl Context for ApiGuardHttp {}
-
-impl ApiGuardHttp {
+impl HttpState {
     fn send(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) -> Action {
         self.sent_local_reply = true;
         let headers: Vec<(&str, &str)> = headers
@@ -332,6 +413,12 @@ impl ApiGuardHttp {
             }
             Verdict::Deny(reply) => self.send_reply(&reply),
             Verdict::Preflight(headers) => self.send(204, &headers, b""),
+            Verdict::WaitForKeys(ticket) => {
+                let Some(head) = head else {
+                    return self.fail_closed("waiting for keys without a request head");
+                };
+                self.hold_for_keys(head, ticket, end_of_stream)
+            }
             Verdict::NeedBody { forward, check } => {
                 let Some(head) = head else {
                     return self.fail_closed("body check without a request head");
@@ -352,14 +439,18 @@ impl ApiGuardHttp {
     }
 
     fn check_held_body(&mut self, body_size: usize) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return self.fail_closed("the plugin configuration was refused");
-        };
         let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
             Ok(body) => body.unwrap_or_default(),
             Err(status) => {
                 return self.fail_closed(&format!("cannot read the request body: {status:?}"))
             }
+        };
+        self.check_held_body_bytes(&body)
+    }
+
+    fn check_held_body_bytes(&mut self, body: &[u8]) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return self.fail_closed("the plugin configuration was refused");
         };
         let now_ms = match now_ms() {
             Ok(now) => now,
@@ -372,16 +463,21 @@ impl ApiGuardHttp {
             let Ok(mut token_cache) = shared.token_cache.try_borrow_mut() else {
                 return self.fail_closed("token cache busy");
             };
+            let Some(remote_keys) = shared.remote_jwks.keys() else {
+                return self.fail_closed("key sets busy");
+            };
             let env = RequestEnv {
                 now_ms,
                 verifier: shared.verifier.as_ref(),
                 token_cache: &mut token_cache,
                 shared: &HostSharedData,
                 limiter: shared.limiter.as_ref(),
+                remote_keys: &remote_keys,
+                may_wait_for_keys: false,
             };
             let mut decision = shared
                 .policy
-                .check_body(&held.head, &held.check, &body, &env);
+                .check_body(&held.head, &held.check, body, &env);
             // The response context of the headers phase (rate-limit headers, origin) stands.
             decision.response = self.response.clone();
             decision
@@ -390,7 +486,7 @@ impl ApiGuardHttp {
     }
 }
 
-impl HttpContext for ApiGuardHttp {
+impl HttpState {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             if let Ok(Some(request_id)) =
@@ -420,12 +516,17 @@ impl HttpContext for ApiGuardHttp {
             let Ok(mut token_cache) = shared.token_cache.try_borrow_mut() else {
                 return self.fail_closed("token cache busy");
             };
+            let Some(remote_keys) = shared.remote_jwks.keys() else {
+                return self.fail_closed("key sets busy");
+            };
             let mut env = RequestEnv {
                 now_ms,
                 verifier: shared.verifier.as_ref(),
                 token_cache: &mut token_cache,
                 shared: &HostSharedData,
                 limiter: shared.limiter.as_ref(),
+                remote_keys: &remote_keys,
+                may_wait_for_keys: true,
             };
             shared.policy.check_request(&head, &mut env)
         };
@@ -433,6 +534,9 @@ impl HttpContext for ApiGuardHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.held_for_keys.is_some() {
+            return self.body_while_held_for_keys(body_size, end_of_stream);
+        }
         let over_limit = match (&self.held, &mut self.body_counter) {
             (Some(held), _) => body_size as u64 > held.check.max_bytes,
             (None, Some(counter)) => counter.add(body_size),
@@ -548,7 +652,7 @@ impl HttpContext for ApiGuardHttp {
     }
 }
 
-impl ApiGuardHttp {
+impl HttpState {
     fn write_response_headers(headers: &[(String, String)]) -> Action {
         let pairs: Vec<(&str, &str)> = headers
             .iter()
