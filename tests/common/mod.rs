@@ -30,6 +30,7 @@
 
 mod config;
 mod http;
+pub mod idp;
 mod upstream;
 
 pub use config::{
