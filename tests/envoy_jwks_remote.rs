@@ -72,7 +72,11 @@ fn plugin_config(remote: Value) -> String {
         }]},
         "routes": [
             { "name": "health", "match": { "path_exact": "/healthz" }, "auth": "none" },
-            { "name": "api", "match": { "path_prefix": "/api/" }, "auth": "jwt" }
+            { "name": "api", "match": { "path_prefix": "/api/" }, "auth": "jwt" },
+            { "name": "forms", "match": { "path_prefix": "/forms/", "methods": ["POST"] },
+              "auth": "jwt", "max_body_bytes": 1024,
+              "body_schema": { "type": "object", "required": ["name"],
+                               "properties": { "name": { "type": "string" } } } }
         ]
     })
     .to_string()
@@ -191,6 +195,61 @@ fn start_up_waits_for_the_first_fetch_and_one_fetch_serves_four_workers() {
     eprintln!("identity provider requests after one refresh, 4 workers: {fetches}");
     assert_eq!(fetches, 2, "one fetch per refresh: {:?}", idp.requests());
     assert_eq!(statuses(&envoy, &good, 8), vec![200; 8]);
+}
+
+#[test]
+fn requests_with_a_body_wait_with_it() {
+    // While a request waits for keys, its body arrives and is held with it; after the wait the
+    // route's body checks see the whole body, and an allowed body reaches the upstream intact.
+    let idp = Idp::start_with(jwks(&["p256"]), Behavior::Delay(Duration::from_secs(2)));
+    let envoy = start(
+        &idp,
+        1,
+        json!({ "refresh_seconds": 30, "timeout_ms": 4000 }),
+    );
+    let bearer = format!("Bearer {}", token("p256", Alg::ES256));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("/api/upload", b"plain body bytes".to_vec(), 200),
+        ("/forms/valid", br#"{"name":"alice"}"#.to_vec(), 200),
+        ("/forms/invalid", br#"{"name":7}"#.to_vec(), 400),
+        ("/forms/large", vec![b' '; 2000], 413),
+    ];
+    let handles: Vec<_> = cases
+        .iter()
+        .map(|(path, body, _)| {
+            let (port, path, body, bearer) =
+                (envoy.port(), path.to_string(), body.clone(), bearer.clone());
+            thread::spawn(move || {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let headers = [
+                    ("authorization", bearer.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                common::send_request(addr, "POST", &path, &headers, Some(&body)).unwrap()
+            })
+        })
+        .collect();
+    for ((path, _, status), handle) in cases.iter().zip(handles) {
+        let response = handle.join().unwrap();
+        assert_eq!(response.status, *status, "{path}: {}", response.body_str());
+    }
+    assert_eq!(idp.request_count(), 1);
+    let mut seen: Vec<(String, String)> = envoy
+        .upstream_requests()
+        .iter()
+        .map(|r| (r.path.clone(), r.body_str()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("/api/upload".to_string(), "plain body bytes".to_string()),
+            (
+                "/forms/valid".to_string(),
+                r#"{"name":"alice"}"#.to_string()
+            ),
+        ]
+    );
 }
 
 #[test]
