@@ -520,8 +520,15 @@ impl HttpState {
     }
 
     /// Trailers end a request. While its headers are held, answering `Continue` here would
-    /// make Envoy send the request on undecided, so the trailers wait with it.
+    /// make Envoy send the request on undecided (checked on Envoy 1.40 with HTTP/2: a body that
+    /// ends with trailers reached the upstream unchecked), so the trailers wait with it. A body
+    /// held for a check (webhook, body_schema) has no data callback with `end_of_stream` in that
+    /// case: it is complete now and is checked now.
     pub(super) fn on_http_request_trailers(&mut self) -> Action {
+        if self.held.is_some() {
+            // The host clamps the length to what it has buffered.
+            return self.check_held_body(usize::MAX);
+        }
         let Some(held) = &self.held_for_keys else {
             return Action::Continue;
         };
