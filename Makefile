@@ -124,7 +124,7 @@ bench: build envoy cli
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
 	python3 bench/run.py
-	cargo bench --bench core
+	CARGO_TARGET_DIR=target/bench cargo bench --bench core
 
 clean:
 	cargo clean
