@@ -15,11 +15,11 @@
 //!   A request that ended meanwhile has no context any more: the call fails and the root skips
 //!   it (its state is gone too: the root only holds a `Weak`).
 
-use super::{log, now_ms, HostSharedData, HttpState, Shared};
+use super::{decide_with_env, log, now_ms, HostSharedData, HttpState, Shared};
 use crate::jwt::remote::{
     self, Claim, FetchReport, FetchState, HttpReply, RemoteKeys, WaitTicket, MAX_JWKS_BYTES,
 };
-use crate::policy::{Policy, RequestEnv};
+use crate::policy::Policy;
 use crate::request::RequestHead;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -552,27 +552,11 @@ impl HttpState {
         let Some(shared) = self.shared.clone() else {
             return self.fail_closed("the plugin configuration was refused");
         };
-        let now_ms = match now_ms() {
-            Ok(now) => now,
-            Err(status) => return self.fail_closed(&format!("cannot read the clock: {status:?}")),
-        };
-        let decision = {
-            let Ok(mut token_cache) = shared.token_cache.try_borrow_mut() else {
-                return self.fail_closed("token cache busy");
-            };
-            let Some(remote_keys) = shared.remote_jwks.keys() else {
-                return self.fail_closed("key sets busy");
-            };
-            let mut env = RequestEnv {
-                now_ms,
-                verifier: shared.verifier.as_ref(),
-                token_cache: &mut token_cache,
-                shared: &HostSharedData,
-                limiter: shared.limiter.as_ref(),
-                remote_keys: &remote_keys,
-                may_wait_for_keys: false,
-            };
-            shared.policy.check_request(&held.head, &mut env)
+        let decision = match decide_with_env(&shared, false, |env| {
+            shared.policy.check_request(&held.head, env)
+        }) {
+            Ok(decision) => decision,
+            Err(why) => return self.fail_closed(&why),
         };
         let action = self.carry_out(decision, Some(held.head), held.headers_end_stream);
         if self.held.is_some() {

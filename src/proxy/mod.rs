@@ -126,6 +126,34 @@ fn now_ms() -> Result<u64, Status> {
         .unwrap_or(0))
 }
 
+/// Lends a decision the host's request environment: the clock, the verifier, this worker's
+/// token cache and key sets, shared data and the rate limiter.
+fn decide_with_env(
+    shared: &Shared,
+    may_wait_for_keys: bool,
+    decide: impl FnOnce(&mut RequestEnv<'_>) -> Decision,
+) -> Result<Decision, String> {
+    let now_ms = now_ms().map_err(|status| format!("cannot read the clock: {status:?}"))?;
+    let mut token_cache = shared
+        .token_cache
+        .try_borrow_mut()
+        .map_err(|_| "token cache busy".to_string())?;
+    let remote_keys = shared
+        .remote_jwks
+        .keys()
+        .ok_or_else(|| "key sets busy".to_string())?;
+    let mut env = RequestEnv {
+        now_ms,
+        verifier: shared.verifier.as_ref(),
+        token_cache: &mut token_cache,
+        shared: &HostSharedData,
+        limiter: shared.limiter.as_ref(),
+        remote_keys: &remote_keys,
+        may_wait_for_keys,
+    };
+    Ok(decide(&mut env))
+}
+
 /// Per-VM state shared by the root context and the request contexts of one worker.
 struct Shared {
     policy: Policy,
@@ -452,37 +480,20 @@ impl HttpState {
         let Some(shared) = self.shared.clone() else {
             return self.fail_closed("the plugin configuration was refused");
         };
-        let now_ms = match now_ms() {
-            Ok(now) => now,
-            Err(status) => return self.fail_closed(&format!("cannot read the clock: {status:?}")),
-        };
         let Some(held) = &self.held else {
             return Action::Continue;
         };
-        let decision = {
-            let Ok(mut token_cache) = shared.token_cache.try_borrow_mut() else {
-                return self.fail_closed("token cache busy");
-            };
-            let Some(remote_keys) = shared.remote_jwks.keys() else {
-                return self.fail_closed("key sets busy");
-            };
-            let env = RequestEnv {
-                now_ms,
-                verifier: shared.verifier.as_ref(),
-                token_cache: &mut token_cache,
-                shared: &HostSharedData,
-                limiter: shared.limiter.as_ref(),
-                remote_keys: &remote_keys,
-                may_wait_for_keys: false,
-            };
-            let mut decision = shared
-                .policy
-                .check_body(&held.head, &held.check, body, &env);
-            // The response context of the headers phase (rate-limit headers, origin) stands.
-            decision.response = self.response.clone();
-            decision
-        };
-        self.carry_out(decision, None, true)
+        let decided = decide_with_env(&shared, false, |env| {
+            shared.policy.check_body(&held.head, &held.check, body, env)
+        });
+        match decided {
+            Ok(mut decision) => {
+                // The response context of the headers phase (rate-limit headers, origin) stands.
+                decision.response = self.response.clone();
+                self.carry_out(decision, None, true)
+            }
+            Err(why) => self.fail_closed(&why),
+        }
     }
 }
 
@@ -508,28 +519,11 @@ impl HttpState {
         let source = source.as_deref().and_then(|b| std::str::from_utf8(b).ok());
         let head = RequestHead::from_host(headers, source);
         self.response.request_id.clone_from(&head.request_id);
-        let now_ms = match now_ms() {
-            Ok(now) => now,
-            Err(status) => return self.fail_closed(&format!("cannot read the clock: {status:?}")),
-        };
-        let decision = {
-            let Ok(mut token_cache) = shared.token_cache.try_borrow_mut() else {
-                return self.fail_closed("token cache busy");
+        let decision =
+            match decide_with_env(&shared, true, |env| shared.policy.check_request(&head, env)) {
+                Ok(decision) => decision,
+                Err(why) => return self.fail_closed(&why),
             };
-            let Some(remote_keys) = shared.remote_jwks.keys() else {
-                return self.fail_closed("key sets busy");
-            };
-            let mut env = RequestEnv {
-                now_ms,
-                verifier: shared.verifier.as_ref(),
-                token_cache: &mut token_cache,
-                shared: &HostSharedData,
-                limiter: shared.limiter.as_ref(),
-                remote_keys: &remote_keys,
-                may_wait_for_keys: true,
-            };
-            shared.policy.check_request(&head, &mut env)
-        };
         self.carry_out(decision, Some(head), end_of_stream)
     }
 
