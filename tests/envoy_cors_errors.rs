@@ -1479,7 +1479,7 @@ fn body_limits_over_http2(envoy: &Envoy) {
     // least once in a few attempts.
     let refused_over_h2 = |case: &str, args: &[&str], stdin: Option<Vec<u8>>, sent: usize| {
         let mut clean = None;
-        for _ in 0..5 {
+        for _ in 0..8 {
             let before = security_events(envoy)
                 .iter()
                 .filter(|e| e["code"] == "payload_too_large")
@@ -1503,8 +1503,11 @@ fn body_limits_over_http2(envoy: &Envoy) {
                 clean = Some(body);
                 break;
             }
+            // The same race can also surface as an empty reply (52) or a receive error (56).
             assert!(
-                status.contains("curl: (92)"),
+                ["curl: (92)", "curl: (52)", "curl: (56)"]
+                    .iter()
+                    .any(|race| status.contains(race)),
                 "{case}: unexpected answer: {status}; body {body}"
             );
         }
