@@ -13,6 +13,7 @@
 use crate::config_error::{index, join, ConfigError};
 use crate::jwt::is_header_name;
 use crate::request::RequestHead;
+use crate::routes::compile_methods;
 use serde::Deserialize;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -132,8 +133,12 @@ impl Cors {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let origins = compile_origins(cfg, at, &mut errors, &mut warnings);
-        let allow_methods =
-            compile_methods(&cfg.allow_methods, &join(at, "allow_methods"), &mut errors);
+        let allow_methods = compile_methods(
+            &cfg.allow_methods,
+            &join(at, "allow_methods"),
+            "omit the field for the default (GET, HEAD, POST, PUT, PATCH, DELETE)",
+            &mut errors,
+        );
         let allow_headers =
             compile_header_names(&cfg.allow_headers, &join(at, "allow_headers"), &mut errors);
         let expose_headers = compile_header_names(
@@ -474,41 +479,6 @@ fn check_origin_host(host: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn compile_methods(methods: &[String], field: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
-    if methods.is_empty() {
-        errors.push(ConfigError::new(
-            field,
-            "must not be empty; omit the field for the default (GET, HEAD, POST, PUT, PATCH, DELETE)",
-        ));
-    }
-    for (i, m) in methods.iter().enumerate() {
-        let at = index(field, i);
-        if m.is_empty() {
-            errors.push(ConfigError::new(at, "must not be empty"));
-        } else if m.bytes().all(|b| b.is_ascii_uppercase()) {
-            if methods[..i].contains(m) {
-                errors.push(ConfigError::new(at, format!("duplicate method \"{m}\"")));
-            }
-        } else if m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            errors.push(ConfigError::new(
-                at,
-                format!(
-                    "methods are case-sensitive and upper case: write \"{}\"",
-                    m.to_ascii_uppercase()
-                ),
-            ));
-        } else {
-            errors.push(ConfigError::new(
-                at,
-                format!(
-                    "\"{m}\" is not an HTTP method: methods are upper-case letters, e.g. \"GET\""
-                ),
-            ));
-        }
-    }
-    methods.to_vec()
 }
 
 /// Validates a list of header names: lower case, valid tokens, no duplicates, no `*` (a

@@ -384,10 +384,14 @@ impl CompiledMatch {
             }
         }
 
-        let methods = cfg
-            .methods
-            .as_ref()
-            .map(|ms| compile_methods(ms, &join(at, "methods"), &mut errors));
+        let methods = cfg.methods.as_ref().map(|ms| {
+            compile_methods(
+                ms,
+                &join(at, "methods"),
+                "omit the field to match every method",
+                &mut errors,
+            )
+        });
         let hosts = cfg
             .hosts
             .as_ref()
@@ -605,11 +609,18 @@ fn match_template(segments: &[Segment], trailing_slash: bool, path: &str) -> Opt
     Some(PathParams(params))
 }
 
-fn compile_methods(methods: &[String], field: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
+/// Validates a list of HTTP methods (routes' `match.methods`, CORS `allow_methods`): upper-case
+/// tokens, no duplicates. `empty_hint` tells what leaving the field out means.
+pub(crate) fn compile_methods(
+    methods: &[String],
+    field: &str,
+    empty_hint: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
     if methods.is_empty() {
         errors.push(ConfigError::new(
             field,
-            "must not be empty; omit the field to match every method",
+            format!("must not be empty; {empty_hint}"),
         ));
     }
     for (i, m) in methods.iter().enumerate() {
@@ -624,7 +635,7 @@ fn compile_methods(methods: &[String], field: &str, errors: &mut Vec<ConfigError
             errors.push(ConfigError::new(
                 at,
                 format!(
-                    "methods are upper case: write \"{}\"",
+                    "methods are case-sensitive and upper case: write \"{}\"",
                     m.to_ascii_uppercase()
                 ),
             ));
@@ -1208,11 +1219,11 @@ mod tests {
             ),
             (
                 r#"{"path_exact":"/","methods":["GET","get"]}"#,
-                s("routes[2].match.methods[1]", "methods are upper case: write \"GET\""),
+                s("routes[2].match.methods[1]", "methods are case-sensitive and upper case: write \"GET\""),
             ),
             (
                 r#"{"path_exact":"/","methods":["Post"]}"#,
-                s("routes[2].match.methods[0]", "methods are upper case: write \"POST\""),
+                s("routes[2].match.methods[0]", "methods are case-sensitive and upper case: write \"POST\""),
             ),
             (
                 r#"{"path_exact":"/","methods":["GET","POST","GET"]}"#,
