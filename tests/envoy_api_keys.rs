@@ -12,7 +12,7 @@ mod common;
 use api_guard::api_keys::key_sha256_hex;
 use api_guard::jwt::alg::Alg;
 use api_guard::mint;
-use common::{Envoy, Response};
+use common::{assert_refusal, Envoy, Response};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -164,55 +164,6 @@ fn plugin_config() -> String {
         ]
     })
     .to_string()
-}
-
-/// The exact refusal a client sees: status, envelope of exactly three fields, request id,
-/// challenge.
-fn assert_refusal(
-    case: &str,
-    response: &Response,
-    status: u16,
-    code: &str,
-    challenge: Option<&str>,
-) {
-    assert_eq!(
-        response.status,
-        status,
-        "{case}: status; body {}",
-        response.body_str()
-    );
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/json"),
-        "{case}: content-type"
-    );
-    let request_id = response
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("{case}: x-request-id header"));
-    assert!(!request_id.is_empty(), "{case}: empty request id");
-    let body = response.json();
-    let object = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{case}: body not an object"));
-    assert_eq!(
-        object.len(),
-        3,
-        "{case}: envelope has exactly three fields: {body}"
-    );
-    assert_eq!(body["code"], code, "{case}: code");
-    assert_eq!(
-        body["request_id"], request_id,
-        "{case}: request_id matches the header"
-    );
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{case}: error sentence"
-    );
-    assert_eq!(
-        response.header("www-authenticate"),
-        challenge,
-        "{case}: WWW-Authenticate"
-    );
 }
 
 /// A refusal that nothing behind the filter saw.

@@ -554,3 +554,52 @@ fn describe(status: ExitStatus) -> String {
         _ => status.to_string(),
     }
 }
+
+/// The exact refusal a client sees from the filter: status, the three-field envelope whose
+/// `request_id` matches the `x-request-id` header, and the `WWW-Authenticate` challenge (or none).
+pub fn assert_refusal(
+    case: &str,
+    response: &Response,
+    status: u16,
+    code: &str,
+    challenge: Option<&str>,
+) {
+    assert_eq!(
+        response.status,
+        status,
+        "{case}: status; body {}",
+        response.body_str()
+    );
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{case}: content-type"
+    );
+    let request_id = response
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("{case}: x-request-id header"));
+    assert!(!request_id.is_empty(), "{case}: empty request id");
+    let body = response.json();
+    let object = body
+        .as_object()
+        .unwrap_or_else(|| panic!("{case}: body not an object"));
+    assert_eq!(
+        object.len(),
+        3,
+        "{case}: envelope has exactly three fields: {body}"
+    );
+    assert_eq!(body["code"], code, "{case}: code");
+    assert_eq!(
+        body["request_id"], request_id,
+        "{case}: request_id matches the header"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{case}: error sentence"
+    );
+    assert_eq!(
+        response.header("www-authenticate"),
+        challenge,
+        "{case}: WWW-Authenticate"
+    );
+}
