@@ -123,6 +123,8 @@ bench: build envoy cli
 		{ echo "install wrk (Debian package 'wrk')" >&2; exit 1; }
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
+	cargo build --release --target wasm32-wasip1 --manifest-path bench/hostcall-floor/Cargo.toml \
+		--target-dir target/hostcall-floor
 	python3 bench/run.py
 	CARGO_TARGET_DIR=target/bench cargo bench --bench core
 

@@ -6,6 +6,10 @@ second listener of the same Envoy as the upstream answering a small JSON body:
   bare       no security filter: the physical limit of this route
   empty-wasm a proxy-wasm filter that does nothing (bench/empty-filter): the floor of any wasm
              filter in Envoy's V8, measured for the hot workload
+  hostcall-floor
+             a proxy-wasm filter that makes only the host calls api-guard makes on a hot request
+             (bench/hostcall-floor), and decides nothing: the floor of this job through the
+             proxy-wasm ABI, measured for the hot workload
   native     envoy.filters.http.cors + jwt_authn (ES256, issuer, audience, claim_to_headers,
              jwt_cache_config) + local_ratelimit (x-ratelimit headers) + security headers via
              response_headers_to_add
@@ -39,6 +43,8 @@ CLI = ROOT / "target/release/api-guard"
 WASM = ROOT / "target/wasm32-wasip1/release/api_guard.wasm"
 # The floor of any wasm filter (bench/empty-filter): built by `make bench`.
 EMPTY_WASM = ROOT / "target/empty-filter/wasm32-wasip1/release/empty_filter.wasm"
+FLOOR_WASM = ROOT / "target/hostcall-floor/wasm32-wasip1/release/hostcall_floor.wasm"
+WASM_KINDS = {"api-guard": WASM, "empty-wasm": EMPTY_WASM, "hostcall-floor": FLOOR_WASM}
 KEY = ROOT / "tests/keys/p256.json"
 ISSUER = "https://issuer.bench.test"
 AUDIENCE = "https://api.bench.test"
@@ -153,9 +159,9 @@ typed_per_filter_config:
     filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }}, runtime_key: rl_enforced }}
     enable_x_ratelimit_headers: DRAFT_VERSION_03
 """
-    elif kind in ("api-guard", "empty-wasm"):
+    elif kind in WASM_KINDS:
         config = json.dumps(api_guard_config(limit)) if kind == "api-guard" else ""
-        wasm = WASM if kind == "api-guard" else EMPTY_WASM
+        wasm = WASM_KINDS[kind]
         filters = f"""
 - name: envoy.filters.http.wasm
   typed_config:
@@ -311,7 +317,7 @@ def measure(kind, workload, tokens_file, args, tmp):
         first = Path(tokens_file).read_text().split()[0]
         status = probe(first)
         expected = {"hot": 200, "cold": 200, "reject": 401, "limited": 200}[workload]
-        if kind in ("bare", "empty-wasm"):
+        if kind in ("bare", "empty-wasm", "hostcall-floor"):
             expected = 200
         if status != expected:
             raise RuntimeError(f"{kind}/{workload}: probe answered {status}, expected {expected}")
@@ -337,9 +343,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workloads", default="hot,cold,reject,limited")
+    parser.add_argument("--kinds", default="bare,empty-wasm,hostcall-floor,native,api-guard",
+                        help="configurations to run (the table needs native and api-guard)")
     parser.add_argument("--out", default=str(ROOT / "bench/results.md"))
     args = parser.parse_args()
-    for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build"), (EMPTY_WASM, "make bench")]:
+    for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build"),
+                       (EMPTY_WASM, "make bench"), (FLOOR_WASM, "make bench")]:
         if not Path(path).exists():
             sys.exit(f"{path} not found: run `{make}`")
     if not shutil.which("wrk"):
@@ -361,8 +370,10 @@ def main():
         files[name].write_text("\n".join(tokens) + "\n")
 
     workloads = args.workloads.split(",")
-    hot_kinds = ["bare", "empty-wasm", "native", "api-guard"]
-    plan = [(w, k) for w in workloads for k in (hot_kinds if w == "hot" else ["native", "api-guard"])]
+    chosen = args.kinds.split(",")
+    hot_kinds = [k for k in ["bare", "empty-wasm", "hostcall-floor", "native", "api-guard"] if k in chosen]
+    other_kinds = [k for k in ["native", "api-guard"] if k in chosen]
+    plan = [(w, k) for w in workloads for k in (hot_kinds if w == "hot" else other_kinds)]
     results = {key: [] for key in plan}
     print(f"wrk -t1 -c{args.connections}: {args.duration}s per run after {args.warmup}s warm-up, "
           f"{args.rounds} rounds; Envoy --concurrency 1{' (pinned)' if pinned(0) else ''}", flush=True)
@@ -377,18 +388,20 @@ def main():
     def med(workload, kind, field):
         return statistics.median(r[field] for r in results[(workload, kind)])
 
-    lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | api-guard / native | api-guard / bare |",
+    def ratio(workload, kind, base):
+        if (workload, base) not in results or not results[(workload, base)]:
+            return ""
+        return f"{med(workload, kind, 'rps') / med(workload, base, 'rps'):.2f}"
+
+    lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | / native | / bare |",
              "|---|---|---|---|---|---|---|---|---|"]
     for workload in workloads:
-        kinds = hot_kinds if workload == "hot" else ["native", "api-guard"]
+        kinds = hot_kinds if workload == "hot" else other_kinds
         for kind in kinds:
             rows = results[(workload, kind)]
             growth = max((r["rss_after"] - r["rss_warm"]) / r["rss_warm"] * 100 for r in rows if r["rss_warm"])
-            ratio_native = ratio_bare = ""
-            if kind == "api-guard":
-                ratio_native = f"{med(workload, 'api-guard', 'rps') / med(workload, 'native', 'rps'):.2f}"
-            if workload == "hot" and kind in ("api-guard", "empty-wasm"):
-                ratio_bare = f"{med(workload, kind, 'rps') / med(workload, 'bare', 'rps'):.2f}"
+            ratio_native = ratio(workload, kind, "native") if kind in WASM_KINDS else ""
+            ratio_bare = ratio(workload, kind, "bare") if kind in WASM_KINDS else ""
             lines.append(f"| {workload} | {kind} | {med(workload, kind, 'rps'):.0f} | {med(workload, kind, 'p50'):.2f} | "
                          f"{med(workload, kind, 'p99'):.2f} | {sum(r['non2xx'] for r in rows)} | {growth:+.1f}% | "
                          f"{ratio_native} | {ratio_bare} |")

@@ -225,7 +225,10 @@ impl Cors {
             }
         }
         let mut headers = vec![
-            ("access-control-allow-origin".to_string(), allow_origin),
+            (
+                "access-control-allow-origin".to_string(),
+                allow_origin.to_string(),
+            ),
             (
                 "access-control-allow-methods".to_string(),
                 self.allow_methods_value.clone(),
@@ -261,38 +264,36 @@ impl Cors {
     /// `-Expose-Headers`; any other request gets no CORS header. `Vary: Origin` is always
     /// returned, since the answer depends on the origin: the adapter must *add* it (an upstream
     /// may already vary on other headers), and *set* the others.
-    pub fn response_headers(&self, origin: Option<&str>) -> Vec<(String, String)> {
+    pub fn response_headers<'a>(&'a self, origin: Option<&str>) -> Vec<(&'static str, &'a str)> {
         let mut headers = Vec::with_capacity(4);
         if let Some(allow_origin) = origin.and_then(|o| self.allow_origin_value(o)) {
-            headers.push(("access-control-allow-origin".to_string(), allow_origin));
+            headers.push(("access-control-allow-origin", allow_origin));
             if self.allow_credentials {
-                headers.push((
-                    "access-control-allow-credentials".to_string(),
-                    "true".to_string(),
-                ));
+                headers.push(("access-control-allow-credentials", "true"));
             }
             headers.push((
-                "access-control-expose-headers".to_string(),
-                self.expose_headers_value.clone(),
+                "access-control-expose-headers",
+                self.expose_headers_value.as_str(),
             ));
         }
-        headers.push(("vary".to_string(), "Origin".to_string()));
+        headers.push(("vary", "Origin"));
         headers
     }
 
     /// The `Access-Control-Allow-Origin` value for `origin`, or `None` when it is not allowed.
     /// A listed origin is answered with the configured (canonical) string, so no byte the client
     /// chose is reflected; browsers send origins in that canonical form, so they match it.
-    fn allow_origin_value(&self, origin: &str) -> Option<String> {
+    fn allow_origin_value(&self, origin: &str) -> Option<&str> {
         match &self.origins {
             // `*` with credentials is refused at load, so a literal `*` is always correct here.
-            AllowedOrigins::Any => Some("*".to_string()),
-            AllowedOrigins::Listed(list) => {
-                // Scheme and host are case-insensitive; a port is digits: lower-casing the whole
-                // string is the comparison browsers would make.
-                let origin = origin.to_ascii_lowercase();
-                list.iter().find(|allowed| **allowed == origin).cloned()
-            }
+            AllowedOrigins::Any => Some("*"),
+            // Scheme and host are case-insensitive and a port is digits; listed origins are
+            // lower case (checked at load), so a case-insensitive match is the comparison
+            // browsers would make.
+            AllowedOrigins::Listed(list) => list
+                .iter()
+                .find(|allowed| allowed.eq_ignore_ascii_case(origin))
+                .map(String::as_str),
         }
     }
 }
@@ -546,11 +547,11 @@ mod tests {
         RequestHead::from_host(all, Some("10.0.0.1:1234"))
     }
 
-    fn get<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fn get<'a, N: AsRef<str>, V: AsRef<str>>(headers: &'a [(N, V)], name: &str) -> Option<&'a str> {
         headers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| n.as_ref() == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     const SPEC: &str = r#"{
@@ -784,13 +785,13 @@ mod tests {
         assert_eq!(
             headers,
             vec![
-                ("access-control-allow-origin".to_string(), "https://app.example.com".to_string()),
-                ("access-control-allow-credentials".to_string(), "true".to_string()),
+                ("access-control-allow-origin", "https://app.example.com"),
+                ("access-control-allow-credentials", "true"),
                 (
-                    "access-control-expose-headers".to_string(),
-                    "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, ratelimit, ratelimit-policy, retry-after, x-request-id, x-trace".to_string()
+                    "access-control-expose-headers",
+                    "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, ratelimit, ratelimit-policy, retry-after, x-request-id, x-trace"
                 ),
-                ("vary".to_string(), "Origin".to_string()),
+                ("vary", "Origin"),
             ]
         );
     }
@@ -798,7 +799,7 @@ mod tests {
     #[test]
     fn other_origins_get_no_cors_header_but_always_vary_origin() {
         let cors = compile(SPEC);
-        let only_vary = vec![("vary".to_string(), "Origin".to_string())];
+        let only_vary = vec![("vary", "Origin")];
         assert_eq!(
             cors.response_headers(Some("https://evil.example")),
             only_vary

@@ -13,6 +13,7 @@ pub mod config_error;
 pub mod cors;
 pub mod error_rewrite;
 pub mod events;
+pub mod header_pairs;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;

@@ -167,7 +167,7 @@ pub struct ResponseContext {
     /// The request's `Origin`, for the CORS response headers.
     pub origin: Option<String>,
     /// Rate-limit headers of the route's limit, for every response on that route.
-    pub rate_limit_headers: Vec<(String, String)>,
+    pub rate_limit_headers: Vec<(&'static str, String)>,
     pub is_head: bool,
     /// A streaming bound on the request body (413 once exceeded), for routes with
     /// `max_body_bytes` that do not read the body whole.
@@ -384,6 +384,13 @@ impl Policy {
     fn decide(&self, work: &mut Work<'_>, env: &mut RequestEnv<'_>) -> Result<Verdict, Refusal> {
         let head = work.head;
         let request_id = head.request_id.as_str();
+        if let Some(reason) = head.unreadable {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                reason,
+            ));
+        }
         let normalized = normalize_path(&head.path).map_err(|e| {
             Refusal::new(
                 LocalReply::new(ErrorCode::BadRequest, request_id),
@@ -866,27 +873,29 @@ impl Policy {
     }
 
     /// What to change on a response: security headers on every response, CORS and rate-limit
-    /// headers, `x-request-id`, and whether the body becomes the envelope.
-    pub fn plan_response(
-        &self,
-        ctx: &ResponseContext,
+    /// headers, `x-request-id`, and whether the body becomes the envelope. The edits borrow from
+    /// the policy and the request's context: planning allocates nothing per header.
+    pub fn plan_response<'a>(
+        &'a self,
+        ctx: &'a ResponseContext,
         status: u16,
         origin: ResponseOrigin,
-    ) -> ResponseEdits {
+    ) -> ResponseEdits<'a> {
         let mut edits = ResponseEdits::default();
         edits
             .remove
-            .extend(self.security_headers.to_remove().iter().cloned());
-        edits
-            .set
-            .extend(self.security_headers.to_set().iter().cloned());
+            .extend(self.security_headers.to_remove().iter().map(String::as_str));
+        edits.set.extend(
+            self.security_headers
+                .to_set()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
         if let Some(cors) = &self.cors {
             if origin != ResponseOrigin::Filter {
                 // CORS is the filter's to answer: an upstream's own `Access-Control-Allow-Origin:
                 // *` would otherwise open the API to origins the allowlist refuses.
-                edits
-                    .remove
-                    .extend(OWNED_RESPONSE_HEADERS.iter().map(|h| h.to_string()));
+                edits.remove.extend(OWNED_RESPONSE_HEADERS.iter().copied());
             }
             for (name, value) in cors.response_headers(ctx.origin.as_deref()) {
                 if name == "vary" {
@@ -896,26 +905,20 @@ impl Policy {
                 }
             }
         }
-        edits.set.extend(ctx.rate_limit_headers.iter().cloned());
+        edits
+            .set
+            .extend(ctx.rate_limit_headers.iter().map(|(n, v)| (*n, v.as_str())));
         if !ctx.request_id.is_empty() {
-            edits
-                .set
-                .push(("x-request-id".into(), ctx.request_id.clone()));
+            edits.set.push(("x-request-id", ctx.request_id.as_str()));
         }
         if self.mode == Mode::Enforce {
             let plan = self.errors.plan(status, origin, ctx.is_head);
             if let Some(code) = plan.code {
-                edits
-                    .remove
-                    .extend(plan.remove_headers.iter().map(|h| h.to_string()));
+                edits.remove.extend(plan.remove_headers.iter().copied());
                 if plan.remove_content_length {
-                    edits.remove.push("content-length".into());
+                    edits.remove.push("content-length");
                 }
-                edits.set.extend(
-                    plan.set_headers
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.to_string())),
-                );
+                edits.set.extend(plan.set_headers.iter().copied());
                 edits.replace_body = plan.envelope(&ctx.request_id);
                 edits.error_code = Some(code);
                 edits.log_body_bytes = plan.log_bytes;
@@ -927,26 +930,45 @@ impl Policy {
 
 /// The response edits when there is no policy (the configuration was refused and every request
 /// is answered 503): the default security headers and the request id, still on every response.
-pub fn fallback_response_edits(request_id: &str) -> ResponseEdits {
-    let mut edits = ResponseEdits::default();
-    if let Ok(defaults) = SecurityHeaders::compile(None, "security_headers") {
-        edits.remove.extend(defaults.to_remove().iter().cloned());
-        edits.set.extend(defaults.to_set().iter().cloned());
+pub struct FallbackResponse {
+    defaults: Option<SecurityHeaders>,
+    request_id: String,
+}
+
+pub fn fallback_response_edits(request_id: &str) -> FallbackResponse {
+    FallbackResponse {
+        defaults: SecurityHeaders::compile(None, "security_headers").ok(),
+        request_id: request_id.to_string(),
     }
-    if !request_id.is_empty() {
+}
+
+impl FallbackResponse {
+    pub fn edits(&self) -> ResponseEdits<'_> {
+        let mut edits = ResponseEdits::default();
+        if let Some(defaults) = &self.defaults {
+            edits
+                .remove
+                .extend(defaults.to_remove().iter().map(String::as_str));
+            edits.set.extend(
+                defaults
+                    .to_set()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+        }
+        if !self.request_id.is_empty() {
+            edits.set.push(("x-request-id", self.request_id.as_str()));
+        }
         edits
-            .set
-            .push(("x-request-id".into(), request_id.to_string()));
     }
-    edits
 }
 
 /// Changes to a response, in the order: remove, set (replace), append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResponseEdits {
-    pub remove: Vec<String>,
-    pub set: Vec<(String, String)>,
-    pub append: Vec<(String, String)>,
+pub struct ResponseEdits<'a> {
+    pub remove: Vec<&'a str>,
+    pub set: Vec<(&'a str, &'a str)>,
+    pub append: Vec<(&'a str, &'a str)>,
     /// The envelope that replaces the body, when the response is an error being rewritten.
     pub replace_body: Option<String>,
     pub error_code: Option<ErrorCode>,
@@ -954,35 +976,64 @@ pub struct ResponseEdits {
     pub log_body_bytes: usize,
 }
 
-impl ResponseEdits {
-    /// Applies the edits to a whole header map (names lower case, as Envoy gives them): the
-    /// adapter reads the map once and writes it back once, instead of one host call per header.
-    pub fn apply_to(&self, headers: &mut Vec<(String, String)>) {
-        headers.retain(|(name, _)| {
-            !self.remove.iter().any(|r| r == name) && !self.set.iter().any(|(s, _)| s == name)
-        });
-        headers.extend(self.set.iter().cloned());
-        for (name, value) in &self.append {
+impl<'a> ResponseEdits<'a> {
+    /// The whole header map after the edits, given the map as Envoy gives it (names lower case,
+    /// values any bytes): the adapter reads the map once and writes it back once, instead of one
+    /// host call per header. Nothing is copied: the result borrows from the map and the edits,
+    /// and a header the edits do not name goes back byte for byte.
+    pub fn merge<'h>(&'h self, headers: &[(&'h [u8], &'h [u8])]) -> Vec<(&'h [u8], &'h [u8])>
+    where
+        'a: 'h,
+    {
+        let mut merged: Vec<(&[u8], &[u8])> =
+            Vec::with_capacity(headers.len() + self.set.len() + self.append.len());
+        merged.extend(headers.iter().copied().filter(|(name, _)| {
+            !self.remove.iter().any(|r| r.as_bytes() == *name)
+                && !self.set.iter().any(|(s, _)| s.as_bytes() == *name)
+        }));
+        merged.extend(self.set.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        for &(name, value) in &self.append {
             // A list header (`Vary`) gets the value once, however many parts of the filter
             // (or the upstream) added it.
-            let present = headers.iter().any(|(n, v)| {
-                n == name
-                    && v.split(',')
-                        .any(|item| item.trim().eq_ignore_ascii_case(value))
+            let present = merged.iter().any(|(n, v)| {
+                *n == name.as_bytes()
+                    && v.split(|b| *b == b',')
+                        .any(|item| item.trim_ascii().eq_ignore_ascii_case(value.as_bytes()))
             });
             if !present {
-                headers.push((name.clone(), value.clone()));
+                merged.push((name.as_bytes(), value.as_bytes()));
             }
         }
+        merged
+    }
+
+    /// [`ResponseEdits::merge`] into an owned map of text.
+    pub fn apply_to(&self, headers: &mut Vec<(String, String)>) {
+        let borrowed: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        let merged: Vec<(String, String)> = self
+            .merge(&borrowed)
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        *headers = merged;
     }
 }
 
 /// The `:status` of a response header map.
-pub fn response_status(headers: &[(String, String)]) -> u16 {
+pub fn response_status(headers: &[(&[u8], &[u8])]) -> u16 {
     headers
         .iter()
-        .find(|(name, _)| name == ":status")
-        .and_then(|(_, value)| value.parse().ok())
+        .find(|(name, _)| *name == b":status")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .and_then(|value| value.parse().ok())
         .unwrap_or(0)
 }
 
@@ -1036,9 +1087,9 @@ mod tests {
             ("content-type", "application/json"),
         ]);
         let edits = ResponseEdits {
-            remove: vec!["server".into()],
-            set: pairs(&[("x-frame-options", "DENY"), ("x-request-id", "r1")]),
-            append: pairs(&[("vary", "Origin")]),
+            remove: vec!["server"],
+            set: vec![("x-frame-options", "DENY"), ("x-request-id", "r1")],
+            append: vec![("vary", "Origin")],
             ..ResponseEdits::default()
         };
         edits.apply_to(&mut headers);
@@ -1053,7 +1104,11 @@ mod tests {
                 ("vary", "Origin"),
             ])
         );
-        assert_eq!(response_status(&headers), 200);
+        let borrowed: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        assert_eq!(response_status(&borrowed), 200);
         assert_eq!(response_status(&[]), 0);
         // Already listed (a preflight's own Vary): not added twice.
         let mut preflight = pairs(&[

@@ -47,10 +47,8 @@
 use crate::config_error::{join, ConfigError};
 use crate::jwt::is_header_name;
 use crate::request::RequestHead;
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::Sha256;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -686,29 +684,22 @@ impl RateDecision {
     /// The response headers of the spec: `x-ratelimit-limit`, `x-ratelimit-remaining`,
     /// `x-ratelimit-reset`, `ratelimit-policy`, `ratelimit`, and `retry-after` on refusal.
     /// Names are lower-case as HTTP/2 requires (Envoy lower-cases them anyway).
-    pub fn headers(&self, policy_name: &str, window_seconds: u64) -> Vec<(String, String)> {
+    pub fn headers(&self, policy_name: &str, window_seconds: u64) -> Vec<(&'static str, String)> {
         let name = sf_string(policy_name);
-        let mut headers = vec![
-            ("x-ratelimit-limit".to_string(), self.limit.to_string()),
-            (
-                "x-ratelimit-remaining".to_string(),
-                self.remaining.to_string(),
-            ),
-            (
-                "x-ratelimit-reset".to_string(),
-                self.reset_seconds.to_string(),
-            ),
-            (
-                "ratelimit-policy".to_string(),
-                format!("{name};q={};w={window_seconds}", self.limit),
-            ),
-            (
-                "ratelimit".to_string(),
-                format!("{name};r={};t={}", self.remaining, self.reset_seconds),
-            ),
-        ];
+        let mut headers = Vec::with_capacity(6);
+        headers.push(("x-ratelimit-limit", self.limit.to_string()));
+        headers.push(("x-ratelimit-remaining", self.remaining.to_string()));
+        headers.push(("x-ratelimit-reset", self.reset_seconds.to_string()));
+        headers.push((
+            "ratelimit-policy",
+            format!("{name};q={};w={window_seconds}", self.limit),
+        ));
+        headers.push((
+            "ratelimit",
+            format!("{name};r={};t={}", self.remaining, self.reset_seconds),
+        ));
         if let Some(wait) = self.retry_after_seconds {
-            headers.push(("retry-after".to_string(), wait.to_string()));
+            headers.push(("retry-after", wait.to_string()));
         }
         headers
     }
@@ -742,7 +733,9 @@ struct Identity {
 
 #[derive(Clone)]
 pub struct Limiter {
-    keyed_hash: Hmac<Sha256>,
+    /// Two SipHash-2-4 keys taken from the shared seed: one for the fingerprint, one for the
+    /// bucket, so the two are independent.
+    placement_keys: [(u64, u64); 2],
     cas_attempts: u32,
 }
 
@@ -755,15 +748,35 @@ impl fmt::Debug for Limiter {
     }
 }
 
+/// SipHash-2-4 under `key`, over length-prefixed fields: no two (name, window, key) triples
+/// hash the same input.
+///
+/// SipHash is the keyed function made for this threat (an attacker choosing inputs to collide
+/// in a hash table whose key it does not know), and it costs a fraction of an HMAC-SHA-256 on
+/// every request. std's `SipHasher` is deprecated only as a `HashMap` default; it is SipHash-2-4
+/// with the caller's key, pinned by the reference vectors in the tests.
+#[allow(deprecated)]
+fn keyed_placement_hash(key: (u64, u64), limit: &RateLimit, client_key: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::SipHasher::new_with_keys(key.0, key.1);
+    hasher.write(&(limit.name.len() as u64).to_le_bytes());
+    hasher.write(limit.name.as_bytes());
+    hasher.write(&limit.window_ms().to_le_bytes());
+    hasher.write(&(client_key.len() as u64).to_le_bytes());
+    hasher.write(client_key.as_bytes());
+    hasher.finish()
+}
+
 impl Limiter {
     /// `seed` must be the same in every worker: take it from [`shared_seed`].
     pub fn new(seed: [u8; 32]) -> Limiter {
-        // HMAC pads a short key with zeros to the block size; padding it here avoids a fallible
-        // constructor without changing the MAC.
-        let mut block = [0u8; 64];
-        block[..32].copy_from_slice(&seed);
+        let word = |i: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&seed[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(bytes)
+        };
         Limiter {
-            keyed_hash: <Hmac<Sha256> as hmac::digest::KeyInit>::new(&block.into()),
+            placement_keys: [(word(0), word(1)), (word(2), word(3))],
             cas_attempts: DEFAULT_CAS_ATTEMPTS,
         }
     }
@@ -777,21 +790,10 @@ impl Limiter {
     }
 
     fn identity(&self, limit: &RateLimit, client_key: &str) -> Identity {
-        let mut mac = self.keyed_hash.clone();
-        // Length-prefixed fields: no two (name, window, key) triples hash the same input.
-        mac.update(&(limit.name.len() as u64).to_le_bytes());
-        mac.update(limit.name.as_bytes());
-        mac.update(&limit.window_ms().to_le_bytes());
-        mac.update(&(client_key.len() as u64).to_le_bytes());
-        mac.update(client_key.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let mut fingerprint = [0u8; 8];
-        fingerprint.copy_from_slice(&digest[..8]);
-        let mut bucket = [0u8; 8];
-        bucket.copy_from_slice(&digest[8..16]);
+        let [fingerprint_key, bucket_key] = self.placement_keys;
         Identity {
-            fingerprint: u64::from_le_bytes(fingerprint),
-            bucket: u64::from_le_bytes(bucket) % limit.buckets(),
+            fingerprint: keyed_placement_hash(fingerprint_key, limit, client_key),
+            bucket: keyed_placement_hash(bucket_key, limit, client_key) % limit.buckets(),
         }
     }
 
@@ -1364,7 +1366,7 @@ mod tests {
             ..limit(5, 900)
         };
         let first = limiter().check(&store, &login, "ip:10.0.0.1", T0);
-        let expected: Vec<(String, String)> = [
+        let expected: Vec<(&str, String)> = [
             ("x-ratelimit-limit", "5"),
             ("x-ratelimit-remaining", "4"),
             // A single request weighs ⌈1 × r / window⌉ = 1 until the next window has passed.
@@ -1373,12 +1375,12 @@ mod tests {
             ("ratelimit", "\"login\";r=4;t=1800"),
         ]
         .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .map(|(n, v)| (*n, v.to_string()))
         .collect();
         assert_eq!(first.headers("login", 900), expected);
         burst(&store, &login, "ip:10.0.0.1", T0, 10);
         let refused = limiter().check(&store, &login, "ip:10.0.0.1", T0);
-        let expected: Vec<(String, String)> = [
+        let expected: Vec<(&str, String)> = [
             ("x-ratelimit-limit", "5"),
             ("x-ratelimit-remaining", "0"),
             ("x-ratelimit-reset", "1080"),
@@ -1387,7 +1389,7 @@ mod tests {
             ("retry-after", "1080"),
         ]
         .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .map(|(n, v)| (*n, v.to_string()))
         .collect();
         assert_eq!(refused.headers("login", 900), expected);
         assert_eq!(
@@ -1460,7 +1462,7 @@ mod tests {
         assert_eq!(d.retry_after_seconds, Some(1));
         assert_eq!(
             d.headers("test", 60).last().unwrap(),
-            &("retry-after".to_string(), "1".to_string())
+            &("retry-after", "1".to_string())
         );
         assert_eq!(limiter().check(&store, &l, "k", T0).remaining, 4);
 
@@ -1928,7 +1930,23 @@ mod tests {
             .count();
         assert_eq!(moved, 100);
         assert_eq!(a.identity(&l, "x"), a.clone().identity(&l, "x"));
-        assert!(!format!("{a:?}").contains("keyed_hash"));
+        assert!(!format!("{a:?}").contains("placement_keys"));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn placement_hash_is_siphash_2_4() {
+        use std::hash::Hasher;
+        // The reference vectors of the SipHash paper (Aumasson and Bernstein, appendix A): key
+        // 00 01 .. 0f, messages 00 01 .. (n - 1).
+        let (k0, k1) = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
+        let hash = |n: u8| {
+            let mut hasher = std::hash::SipHasher::new_with_keys(k0, k1);
+            hasher.write(&(0..n).collect::<Vec<u8>>());
+            hasher.finish()
+        };
+        assert_eq!(hash(0), 0x726f_db47_dd0e_0e31);
+        assert_eq!(hash(15), 0xa129_ca61_49be_45e5);
     }
 
     // --- client keys ---------------------------------------------------------------------------

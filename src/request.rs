@@ -1,5 +1,7 @@
 //! The request as the core sees it: what the adapter read from the host, once per request.
 
+use crate::header_pairs::HeaderPairs;
+
 pub struct RequestHead {
     pub method: String,
     /// `:path` exactly as received (query included, not normalised).
@@ -12,6 +14,9 @@ pub struct RequestHead {
     /// The downstream IP Envoy computed (`source.address` without the port); never a raw
     /// X-Forwarded-For, which any client can write.
     pub client_ip: String,
+    /// Why the request cannot be read where the filter must read it (a pseudo-header that is
+    /// not UTF-8); such a request is refused before anything else is decided.
+    pub unreadable: Option<&'static str>,
 }
 
 impl RequestHead {
@@ -28,6 +33,7 @@ impl RequestHead {
             headers: Vec::with_capacity(all_headers.len()),
             request_id: String::new(),
             client_ip: source_address.map(client_ip).unwrap_or_default(),
+            unreadable: None,
         };
         for (name, value) in all_headers {
             match name.as_str() {
@@ -42,6 +48,30 @@ impl RequestHead {
                 _ => head.headers.push((name, value)),
             }
         }
+        head
+    }
+
+    /// Builds a head from the host's header map as bytes (see [`HeaderPairs`]). A regular
+    /// header value that is not UTF-8 (HTTP/1.1 obs-text) is read with U+FFFD in place of the
+    /// bad bytes: no credential or origin is valid with them, and the upstream still gets the
+    /// original bytes. `:method`, `:path` and `:authority` decide the route, so they must be
+    /// exact: one that is not UTF-8 marks the head [`RequestHead::unreadable`].
+    pub fn from_pairs(pairs: &HeaderPairs, source_address: Option<&str>) -> RequestHead {
+        let mut unreadable = None;
+        let mut all_headers = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs.iter() {
+            let pseudo = name.first() == Some(&b':');
+            match (std::str::from_utf8(name), std::str::from_utf8(value)) {
+                (Ok(name), Ok(value)) => all_headers.push((name.to_string(), value.to_string())),
+                _ if pseudo => unreadable = Some("a pseudo-header is not UTF-8"),
+                _ => all_headers.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                )),
+            }
+        }
+        let mut head = RequestHead::from_host(all_headers, source_address);
+        head.unreadable = unreadable;
         head
     }
 
@@ -108,6 +138,44 @@ pub fn client_ip(source_address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header_pairs::serialize;
+
+    fn pairs(pairs: &[(&[u8], &[u8])]) -> HeaderPairs {
+        HeaderPairs::parse(serialize(pairs)).unwrap()
+    }
+
+    #[test]
+    fn header_bytes_that_are_not_utf8() {
+        // A regular header: read with U+FFFD in place of the byte; the head is usable.
+        let head = RequestHead::from_pairs(
+            &pairs(&[
+                (b":method", b"GET"),
+                (b":path", b"/a"),
+                (b":authority", b"api.test"),
+                (b"x-request-id", b"r1"),
+                (b"x-note", b"caf\xe9"),
+            ]),
+            Some("10.0.0.1:1"),
+        );
+        assert_eq!(head.unreadable, None);
+        assert_eq!((head.method.as_str(), head.path.as_str()), ("GET", "/a"));
+        assert_eq!(head.header("x-note"), Some("caf\u{fffd}"));
+        assert_eq!(head.request_id, "r1");
+        assert_eq!(head.client_ip, "10.0.0.1");
+        // A pseudo-header decides the route: it must be exact.
+        for pseudo in [&b":method"[..], b":path", b":authority"] {
+            let head = RequestHead::from_pairs(
+                &pairs(&[(b":method", b"GET"), (b":path", b"/a"), (pseudo, b"/\xff")]),
+                None,
+            );
+            assert_eq!(
+                head.unreadable,
+                Some("a pseudo-header is not UTF-8"),
+                "{}",
+                String::from_utf8_lossy(pseudo)
+            );
+        }
+    }
 
     #[test]
     fn client_ip_strips_the_port() {

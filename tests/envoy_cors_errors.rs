@@ -1811,3 +1811,71 @@ fn security_headers_pass_the_drheader_scanner() {
         );
     }
 }
+
+/// `haystack` contains `needle`, byte for byte.
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn header_bytes_that_are_not_utf8_neither_crash_the_filter_nor_pass_unchecked() {
+    // HTTP/1.1 allows obs-text (0x80-0xFF) in header values and Envoy passes it on. The SDK's
+    // `get_map` panicked on it, which took down the worker's VM: every later request on that
+    // worker was refused. Each case is sent several times so that both workers read it.
+    let envoy = start(&base_config());
+    let timeout = Duration::from_secs(5);
+    for round in 0..4 {
+        let raw = raw_exchange(
+            envoy.port(),
+            b"GET /public/info HTTP/1.1\r\nHost: api.test\r\nX-Client-Note: caf\xe9\r\n\
+              Origin: https://app.example.com\xe9\r\n\
+              x-test-response-header: x-upstream-note: caf%E9\r\nConnection: close\r\n\r\n",
+            timeout,
+        );
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "round {round}: {text}");
+        // The request went on with its bytes; the response came back with the upstream's
+        // bytes untouched and the filter's headers added.
+        assert!(
+            contains_bytes(&raw, b"x-upstream-note: caf\xe9\r\n"),
+            "round {round}: the upstream's header byte for byte: {text}"
+        );
+        assert!(
+            text.contains("strict-transport-security:") && text.contains("x-request-id:"),
+            "round {round}: security headers: {text}"
+        );
+        // An origin with a byte no browser sends is not on the list.
+        assert!(
+            !text.contains("access-control-allow-origin"),
+            "round {round}: {text}"
+        );
+    }
+    let forwarded = envoy.upstream_requests();
+    assert_eq!(forwarded.len(), 4);
+    assert!(forwarded
+        .iter()
+        .all(|r| r.header("x-client-note").is_some()));
+
+    // A byte that is not UTF-8 in the credential: refused like any bad token.
+    let token = bearer("alice", &[]);
+    for round in 0..4 {
+        let mut raw = b"GET /api/documents HTTP/1.1\r\nHost: api.test\r\nAuthorization: ".to_vec();
+        raw.extend_from_slice(token.as_bytes());
+        raw.extend_from_slice(b"\xe9\r\nConnection: close\r\n\r\n");
+        let text = String::from_utf8_lossy(&raw_exchange(envoy.port(), &raw, timeout))
+            .to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 401"), "round {round}: {text}");
+        assert!(
+            text.contains("\"code\":\"invalid_token\""),
+            "round {round}: {text}"
+        );
+    }
+
+    // Every worker still answers, and the log has no panic.
+    for round in 0..6 {
+        let r = envoy.request("GET", "/api/documents", &[("authorization", &token)]);
+        assert_eq!(r.status, 200, "round {round}: {}", r.body_str());
+    }
+    let log = envoy.log();
+    assert!(!log.contains("panicked"), "{}", log);
+}

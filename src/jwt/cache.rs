@@ -1,23 +1,24 @@
 //! A bounded cache of verified tokens, one per VM (per Envoy worker). Clients reuse a token for
 //! minutes, so most requests skip parsing and the public-key operation.
 //!
-//! Direct-mapped: a slot per digest prefix, a new entry replaces whatever was in its slot. The
-//! memory is fixed at creation, there is nothing to evict or sweep, and a flood of distinct
-//! tokens only costs the tokens that would have hit. Keyed by SHA-256 of the whole token, so
-//! a different token can never be mistaken for a verified one.
+//! Direct-mapped: a slot per hash of the token, a new entry replaces whatever was in its slot.
+//! The memory is bounded by the slot count, there is nothing to evict or sweep, and a flood of
+//! distinct tokens only costs the tokens that would have hit.
+//!
+//! A hit is the whole token, byte for byte (compared in constant time), so a different token
+//! can never be mistaken for a verified one whatever the hash does. The hash only picks the
+//! slot: it is SipHash with this VM's random key, so a client cannot aim its tokens at the
+//! slot of someone else's, and it costs a fraction of a cryptographic digest per request.
 
 use super::VerifiedToken;
-use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::rc::Rc;
-
-pub type TokenDigest = [u8; 32];
-
-pub fn token_digest(token: &str) -> TokenDigest {
-    Sha256::digest(token.as_bytes()).into()
-}
+use subtle::ConstantTimeEq;
 
 pub struct TokenCache {
-    slots: Vec<Option<(TokenDigest, Rc<VerifiedToken>)>>,
+    slots: Vec<Option<(Box<str>, Rc<VerifiedToken>)>>,
+    slot_hash: RandomState,
 }
 
 impl TokenCache {
@@ -26,33 +27,40 @@ impl TokenCache {
         let size = capacity.max(1).next_power_of_two();
         TokenCache {
             slots: (0..size).map(|_| None).collect(),
+            slot_hash: RandomState::new(),
         }
     }
 
-    fn slot(&self, digest: &TokenDigest) -> usize {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&digest[..8]);
-        (u64::from_le_bytes(prefix) as usize) & (self.slots.len() - 1)
+    fn slot(&self, token: &str) -> usize {
+        (self.slot_hash.hash_one(token) as usize) & (self.slots.len() - 1)
     }
 
-    pub fn get(&self, digest: &TokenDigest) -> Option<Rc<VerifiedToken>> {
-        match self.slots.get(self.slot(digest)) {
-            Some(Some((stored, verified))) if stored == digest => Some(Rc::clone(verified)),
+    fn holds(stored: &str, token: &str) -> bool {
+        // Constant time: a token in the same slot is someone else's credential, and how many of
+        // its leading bytes a guess shares must not show in the timing.
+        stored.len() == token.len() && bool::from(stored.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    pub fn get(&self, token: &str) -> Option<Rc<VerifiedToken>> {
+        match self.slots.get(self.slot(token)) {
+            Some(Some((stored, verified))) if Self::holds(stored, token) => {
+                Some(Rc::clone(verified))
+            }
             _ => None,
         }
     }
 
-    pub fn insert(&mut self, digest: TokenDigest, verified: Rc<VerifiedToken>) {
-        let slot = self.slot(&digest);
+    pub fn insert(&mut self, token: &str, verified: Rc<VerifiedToken>) {
+        let slot = self.slot(token);
         if let Some(entry) = self.slots.get_mut(slot) {
-            *entry = Some((digest, verified));
+            *entry = Some((token.into(), verified));
         }
     }
 
-    pub fn remove(&mut self, digest: &TokenDigest) {
-        let slot = self.slot(digest);
+    pub fn remove(&mut self, token: &str) {
+        let slot = self.slot(token);
         if let Some(entry) = self.slots.get_mut(slot) {
-            if matches!(entry, Some((stored, _)) if stored == digest) {
+            if matches!(entry, Some((stored, _)) if Self::holds(stored, token)) {
                 *entry = None;
             }
         }
@@ -64,5 +72,64 @@ impl TokenCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::claims::TimeBounds;
+
+    fn verified(subject: &str) -> Rc<VerifiedToken> {
+        Rc::new(VerifiedToken {
+            provider: 0,
+            subject: Some(subject.into()),
+            claims: serde_json::Map::new(),
+            time: TimeBounds {
+                exp: None,
+                nbf: None,
+            },
+            upstream_headers: Vec::new(),
+            key_set_version: 0,
+        })
+    }
+
+    #[test]
+    fn a_hit_is_the_same_token_byte_for_byte() {
+        let mut cache = TokenCache::new(1);
+        cache.insert("aaa.bbb.ccc", verified("alice"));
+        assert_eq!(
+            cache.get("aaa.bbb.ccc").and_then(|v| v.subject.clone()),
+            Some("alice".into())
+        );
+        // One slot: every token maps to it, and none but the stored one is a hit.
+        for other in [
+            "aaa.bbb.ccd",
+            "aaa.bbb.cc",
+            "aaa.bbb.ccc ",
+            "",
+            "AAA.BBB.CCC",
+        ] {
+            assert!(
+                cache.get(other).is_none(),
+                "{other:?} is not the cached token"
+            );
+        }
+        cache.remove("aaa.bbb.ccd");
+        assert_eq!(cache.len(), 1, "removing another token leaves the entry");
+        cache.insert("xxx.yyy.zzz", verified("mallory"));
+        assert!(cache.get("aaa.bbb.ccc").is_none(), "replaced in its slot");
+        cache.remove("xxx.yyy.zzz");
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn distinct_tokens_spread_over_the_slots() {
+        let mut cache = TokenCache::new(4096);
+        for i in 0..2048 {
+            cache.insert(&format!("header.payload-{i}.signature"), verified("s"));
+        }
+        // Direct-mapped with a uniform hash: about 4096 × (1 − e^(−1/2)) ≈ 1612 slots filled.
+        assert!(cache.len() > 1400, "only {} slots used", cache.len());
     }
 }

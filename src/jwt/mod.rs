@@ -347,8 +347,7 @@ impl JwtAuth {
         cache: &mut TokenCache,
         remote_keys: &RemoteKeys,
     ) -> Result<Rc<VerifiedToken>, VerifyError> {
-        let digest = cache::token_digest(found.token);
-        if let Some(hit) = cache.get(&digest) {
+        if let Some(hit) = cache.get(found.token) {
             // A hit counts only where its provider reads tokens: a token verified from a
             // cookie must not be accepted from a header its provider never reads. And only
             // under the key set it was verified with: its key may have been removed since.
@@ -359,14 +358,14 @@ impl JwtAuth {
                 return match claims::check_time(hit.time, provider.clock_skew_seconds, now) {
                     Ok(()) => Ok(hit),
                     Err(refusal) => {
-                        cache.remove(&digest);
+                        cache.remove(found.token);
                         Err(claim_failure(refusal).into())
                     }
                 };
             }
         }
         let verified = Rc::new(self.verify_uncached(found, now, verifier, remote_keys)?);
-        cache.insert(digest, Rc::clone(&verified));
+        cache.insert(found.token, Rc::clone(&verified));
         Ok(verified)
     }
 

@@ -5,6 +5,7 @@
 //! unwrap host errors, and under `panic = "abort"` a panic kills the worker's VM for every
 //! request it carries. A host error on the request path becomes a fail-closed 503 instead.
 
+mod host_headers;
 mod jwks;
 
 use crate::body_limit::BodyCounter;
@@ -499,25 +500,26 @@ impl HttpState {
 
 impl HttpState {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = match host_headers::read(MapType::HttpRequestHeaders) {
+            Ok(headers) => headers,
+            Err(error) => {
+                return self.fail_closed(&format!("cannot read request headers: {error}"))
+            }
+        };
         let Some(shared) = self.shared.clone() else {
-            if let Ok(Some(request_id)) =
-                hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-request-id")
+            if let Some(request_id) = headers
+                .get("x-request-id")
+                .and_then(|id| std::str::from_utf8(id).ok())
             {
-                self.response.request_id = request_id;
+                self.response.request_id = request_id.to_string();
             }
             return self.fail_closed("the plugin configuration was refused");
-        };
-        let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
-            Ok(headers) => headers,
-            Err(status) => {
-                return self.fail_closed(&format!("cannot read request headers: {status:?}"))
-            }
         };
         let source = hostcalls::get_property(vec!["source", "address"])
             .ok()
             .flatten();
         let source = source.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-        let head = RequestHead::from_host(headers, source);
+        let head = RequestHead::from_pairs(&headers, source);
         self.response.request_id.clone_from(&head.request_id);
         let decision =
             match decide_with_env(&shared, true, |env| shared.policy.check_request(&head, env)) {
@@ -568,13 +570,15 @@ impl HttpState {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         // One read and one write of the whole map: every host call crosses the V8 boundary, and
         // a response gets a dozen headers set or removed.
-        let mut headers = match hostcalls::get_map(MapType::HttpResponseHeaders) {
-            Ok(headers) => headers,
-            Err(_) => return Action::Continue,
+        let Ok(map) = host_headers::read(MapType::HttpResponseHeaders) else {
+            // The security headers cannot be added: do not send the response without them.
+            let _ = hostcalls::reset_http_response();
+            return Action::Pause;
         };
+        let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
         let Some(shared) = self.shared.clone() else {
-            fallback_response_edits(&self.response.request_id).apply_to(&mut headers);
-            return Self::write_response_headers(&headers);
+            let fallback = fallback_response_edits(&self.response.request_id);
+            return Self::write_response_headers(&fallback.edits().merge(&headers));
         };
         let status = response_status(&headers);
         let origin = if self.sent_local_reply {
@@ -591,23 +595,26 @@ impl HttpState {
             ResponseOrigin::Upstream
         };
         let edits = shared.policy.plan_response(&self.response, status, origin);
-        edits.apply_to(&mut headers);
+        let mut merged = edits.merge(&headers);
+        let envelope_length;
         if let (Some(envelope), false) = (&edits.replace_body, end_of_stream) {
             // The body that follows is exactly the envelope: say so, so that a rewritten error
             // looks like the filter's own replies (same framing), not like a chunked upstream one.
-            headers.push(("content-length".into(), envelope.len().to_string()));
+            envelope_length = envelope.len().to_string();
+            merged.push((b"content-length", envelope_length.as_bytes()));
         }
-        if Self::write_response_headers(&headers) == Action::Pause {
+        if Self::write_response_headers(&merged) == Action::Pause {
             return Action::Pause;
         }
-        if let Some(envelope) = edits.replace_body {
+        let (replace_body, log_body_bytes) = (edits.replace_body, edits.log_body_bytes);
+        if let Some(envelope) = replace_body {
             if end_of_stream {
                 // No body to replace; the headers already say what the error is.
                 self.log_upstream_error(status, &BodySample::new(0));
             } else {
                 self.rewrite = Some(BodyRewrite {
                     envelope,
-                    sample: BodySample::new(edits.log_body_bytes),
+                    sample: BodySample::new(log_body_bytes),
                     status,
                 });
             }
@@ -647,12 +654,8 @@ impl HttpState {
 }
 
 impl HttpState {
-    fn write_response_headers(headers: &[(String, String)]) -> Action {
-        let pairs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        if hostcalls::set_map(MapType::HttpResponseHeaders, pairs).is_err() {
+    fn write_response_headers(headers: &[(&[u8], &[u8])]) -> Action {
+        if host_headers::write(MapType::HttpResponseHeaders, headers).is_err() {
             // The security headers could not be written: do not send the response without them.
             let _ = hostcalls::reset_http_response();
             return Action::Pause;

@@ -15,6 +15,7 @@
 //! * Any request header `x-test-response-header: <name>: <value>` (repeatable)
 //!   makes the upstream add `<name>: <value>` to its response: for headers a
 //!   real backend sends (`server`, `x-powered-by`, its own CORS headers, ...).
+//!   `%XX` in the value is sent as the byte 0xXX: for bytes that are not UTF-8.
 //!
 //! Keep-alive (Envoy pools connections), Content-Length and chunked request
 //! bodies, `Expect: 100-continue`. One thread per connection.
@@ -179,11 +180,11 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>) -
         };
 
         let (status, resp_body) = respond_to(&path);
-        let extra_headers: Vec<String> = headers
+        let extra_headers: Vec<Vec<u8>> = headers
             .iter()
             .filter(|(k, _)| k == RESPONSE_HEADER_REQUEST)
             .filter_map(|(_, v)| v.split_once(':'))
-            .map(|(n, v)| format!("{}: {}\r\n", n.trim(), v.trim()))
+            .map(|(n, v)| percent_decoded(&format!("{}: {}\r\n", n.trim(), v.trim())))
             .collect();
         // Record before answering, so a test that got its response always
         // finds the request recorded.
@@ -194,20 +195,21 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>) -
             body,
         });
 
-        let mut head = format!(
+        let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             reason(status),
             resp_body.len()
         );
+        let mut head = head.into_bytes();
         for h in &extra_headers {
-            head.push_str(h);
+            head.extend_from_slice(h);
         }
         if close {
-            head.push_str("connection: close\r\n");
+            head.extend_from_slice(b"connection: close\r\n");
         }
-        head.push_str("\r\n");
+        head.extend_from_slice(b"\r\n");
         let bodiless = method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304;
-        writer.write_all(head.as_bytes())?;
+        writer.write_all(&head)?;
         if !bodiless {
             // In pieces, so a large body reaches Envoy as many reads, as from a real backend.
             for piece in resp_body.as_bytes().chunks(64 * 1024) {
@@ -224,6 +226,30 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>) -
 /// The request header that asks the upstream to add a response header
 /// (`<name>: <value>`).
 pub const RESPONSE_HEADER_REQUEST: &str = "x-test-response-header";
+
+/// `%XX` (two hex digits) as the byte 0xXX; anything else as it is.
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
 
 /// Largest body `/large-status/<code>/<bytes>` sends.
 const MAX_LARGE_BODY: usize = 64 * 1024 * 1024;
