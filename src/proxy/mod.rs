@@ -375,11 +375,33 @@ struct HttpState {
 }
 
 impl HttpState {
+    /// Sends the filter's own reply with every response header it will carry (the reply's own,
+    /// then the security, CORS and rate-limit headers and `x-request-id`), so that the response
+    /// callback has nothing left to do for it.
     fn send(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) -> Action {
         self.sent_local_reply = true;
-        let headers: Vec<(&str, &str)> = headers
+        let reply: Vec<(&[u8], &[u8])> = headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        let shared = self.shared.clone();
+        let fallback;
+        let edits = match &shared {
+            Some(shared) => {
+                shared
+                    .policy
+                    .plan_response(&self.response, status, ResponseOrigin::Filter)
+            }
+            None => {
+                fallback = fallback_response_edits(&self.response.request_id);
+                fallback.edits()
+            }
+        };
+        // Every name and value here is the filter's own text.
+        let headers: Vec<(&str, &str)> = edits
+            .merge(&reply)
+            .into_iter()
+            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
             .collect();
         if hostcalls::send_http_response(u32::from(status), headers, Some(body)).is_err() {
             // Cannot answer: reset the stream rather than let the request through.
@@ -568,6 +590,10 @@ impl HttpState {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.sent_local_reply {
+            // The filter's own reply already carries every header it needs (see `send`).
+            return Action::Continue;
+        }
         // One read and one write of the whole map: every host call crosses the V8 boundary, and
         // a response gets a dozen headers set or removed.
         let Ok(map) = host_headers::read(MapType::HttpResponseHeaders) else {
@@ -581,9 +607,7 @@ impl HttpState {
             return Self::write_response_headers(&fallback.edits().merge(&headers));
         };
         let status = response_status(&headers);
-        let origin = if self.sent_local_reply {
-            ResponseOrigin::Filter
-        } else if status >= 400 {
+        let origin = if status >= 400 {
             let details = hostcalls::get_property(vec!["response", "code_details"])
                 .ok()
                 .flatten();
