@@ -126,7 +126,7 @@ bench: build envoy cli
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/hostcall-floor/Cargo.toml \
 		--target-dir target/hostcall-floor
 	python3 bench/run.py
-	CARGO_TARGET_DIR=target/bench cargo bench --bench core
+	cargo bench --profile criterion --bench core
 
 clean:
 	cargo clean
