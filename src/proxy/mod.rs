@@ -630,15 +630,14 @@ impl HttpState {
         if Self::write_response_headers(&merged) == Action::Pause {
             return Action::Pause;
         }
-        let (replace_body, log_body_bytes) = (edits.replace_body, edits.log_body_bytes);
-        if let Some(envelope) = replace_body {
+        if let Some(envelope) = edits.replace_body {
             if end_of_stream {
                 // No body to replace; the headers already say what the error is.
                 self.log_upstream_error(status, &BodySample::new(0));
             } else {
                 self.rewrite = Some(BodyRewrite {
                     envelope,
-                    sample: BodySample::new(log_body_bytes),
+                    sample: BodySample::new(edits.log_body_bytes),
                     status,
                 });
             }
