@@ -182,6 +182,7 @@ pub struct EventBase {
     pub route: Option<String>,
     pub method: String,
     pub path: String,
+    /// Empty when no decision needed it: the adapter asks the host before logging an event.
     pub client: String,
     pub principal: Option<String>,
 }
@@ -272,6 +273,15 @@ impl Policy {
     }
 
     fn conclude(&self, outcome: Result<Verdict, Refusal>, mut work: Work<'_>) -> Decision {
+        // The client's address is asked of the host only for an event of this decision (or
+        // when a rate limit needed it already); a later event on the response path has the
+        // adapter fill it in (`EventBase::client` empty).
+        let logs_event = outcome.is_err() || work.allow_event.is_some();
+        let client = if logs_event {
+            Some(work.head.client_ip())
+        } else {
+            work.head.known_client_ip()
+        };
         work.response.event_base = EventBase {
             route: work
                 .route
@@ -279,7 +289,7 @@ impl Policy {
                 .map(|r| r.name.clone()),
             method: work.head.method.clone(),
             path: std::mem::take(&mut work.log_path),
-            client: work.head.client_ip.clone(),
+            client: client.unwrap_or_default().to_string(),
             principal: work.principal.take(),
         };
         let ctx = &work.response;

@@ -189,7 +189,7 @@ impl LimitKey {
         jwt_subject: Option<&str>,
         api_key_id: Option<&str>,
     ) -> String {
-        let by_ip = || format!("ip:{}", head.client_ip);
+        let by_ip = || format!("ip:{}", head.client_ip());
         match self {
             LimitKey::Ip => by_ip(),
             LimitKey::Principal => match (jwt_subject, api_key_id) {

@@ -1155,6 +1155,8 @@ fn upstream_error_bodies_are_replaced_and_logged(envoy: &Envoy) {
             "{case}: the log says how long the body was: {reason}"
         );
         assert_eq!(event["route"], "status", "{case}: logged route");
+        // No decision on this route needed the client's address; the event still names it.
+        assert_eq!(event["client"], "127.0.0.1", "{case}: logged client");
     }
 
     // 4xx are the upstream's business under the default "5xx".
@@ -1401,6 +1403,13 @@ fn body_limits_by_content_length_and_while_streaming(envoy: &Envoy) {
     );
     assert_envelope("chunked over, one write", &r, 413, "payload_too_large");
     assert_no_complete_upload(envoy, 1400);
+    // Refused while streaming, after a decision that never needed the client's address: the
+    // event still names it.
+    let id = r.header("x-request-id").unwrap().to_string();
+    let event = wait_for_event(envoy, "streamed 413 logged", |e| {
+        e["request_id"] == id.as_str() && e["code"] == "payload_too_large"
+    });
+    assert_eq!(event["client"], "127.0.0.1", "streamed 413: logged client");
 
     // Chunked over the limit across writes: the first chunk is under the limit and may go on;
     // the count carries over to the second, which crosses it.

@@ -22,7 +22,7 @@ use crate::policy::{
 };
 use crate::rate_limit::{shared_seed, Limiter};
 use crate::reply::{ErrorCode, LocalReply};
-use crate::request::RequestHead;
+use crate::request::{client_ip, RequestHead};
 use crate::shared_store::{CounterStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -117,6 +117,14 @@ impl CounterStore for HostSharedData {
             Err(_) => Err(StoreError::Unavailable),
         }
     }
+}
+
+/// The downstream address (`ip:port`) Envoy computed for this stream.
+fn source_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"])
+        .ok()
+        .flatten()?;
+    String::from_utf8(bytes).ok()
 }
 
 fn now_ms() -> Result<u64, Status> {
@@ -537,11 +545,7 @@ impl HttpState {
             }
             return self.fail_closed("the plugin configuration was refused");
         };
-        let source = hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten();
-        let source = source.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-        let head = RequestHead::from_pairs(&headers, source);
+        let head = RequestHead::from_pairs(&headers, Box::new(source_address));
         self.response.request_id.clone_from(&head.request_id);
         let decision =
             match decide_with_env(&shared, true, |env| shared.policy.check_request(&head, env)) {
@@ -566,6 +570,7 @@ impl HttpState {
             let Some(shared) = self.shared.clone() else {
                 return self.fail_closed("no policy");
             };
+            self.fill_event_client();
             let (event, reply) = shared.policy.body_too_large(&self.response);
             log_event(&shared, &event);
             if let Some(reply) = reply {
@@ -686,7 +691,18 @@ impl HttpState {
         Action::Continue
     }
 
-    fn log_upstream_error(&self, status: u16, sample: &BodySample) {
+    /// An event on the response path names the client even when no decision needed its address
+    /// (the head asks the host only when one does).
+    fn fill_event_client(&mut self) {
+        if self.response.event_base.client.is_empty() {
+            if let Some(address) = source_address() {
+                self.response.event_base.client = client_ip(&address);
+            }
+        }
+    }
+
+    fn log_upstream_error(&mut self, status: u16, sample: &BodySample) {
+        self.fill_event_client();
         if let Some(shared) = &self.shared {
             log_event(
                 shared,
