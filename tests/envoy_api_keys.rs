@@ -12,9 +12,9 @@ mod common;
 use api_guard::api_keys::key_sha256_hex;
 use api_guard::jwt::alg::Alg;
 use api_guard::mint;
-use common::{assert_refusal, Envoy, Response};
+use common::{assert_refusal, test_key, unix_now, Envoy, Response};
 use serde_json::{json, Map, Value};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -53,21 +53,9 @@ const ALL_KEYS: [&str; 7] = [
     UNKNOWN_PREFIX_KEY,
 ];
 
-fn jwk(name: &str) -> Value {
-    let path = format!("{}/tests/keys/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("test key")).expect("JWK")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims(extra: Value) -> Map<String, Value> {
     let mut claims =
-        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now(), "exp": now() + 600 })
+        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": unix_now(), "exp": unix_now() + 600 })
             .as_object()
             .unwrap()
             .clone();
@@ -83,16 +71,16 @@ fn claims(extra: Value) -> Map<String, Value> {
 
 /// A valid ES256 token (sub `alice` unless `extra` says otherwise).
 fn token(extra: Value) -> String {
-    mint::sign(&jwk("p256"), Alg::ES256, &claims(extra)).unwrap()
+    mint::sign(&test_key("p256"), Alg::ES256, &claims(extra)).unwrap()
 }
 
 /// Signed by a key the provider does not know.
 fn forged_token(extra: Value) -> String {
-    mint::sign(&jwk("p256-other"), Alg::ES256, &claims(extra)).unwrap()
+    mint::sign(&test_key("p256-other"), Alg::ES256, &claims(extra)).unwrap()
 }
 
 fn expired_token(extra: Value) -> String {
-    let t = now();
+    let t = unix_now();
     let mut extra = extra.as_object().unwrap().clone();
     extra.insert("iat".into(), json!(t - 1000));
     extra.insert("exp".into(), json!(t - 300));
@@ -129,7 +117,7 @@ fn plugin_config() -> String {
             "issuer": ISSUER,
             "audiences": [AUDIENCE],
             "algorithms": ["ES256"],
-            "jwks": { "inline": { "keys": [mint::public_jwk(&jwk("p256"))] } },
+            "jwks": { "inline": { "keys": [mint::public_jwk(&test_key("p256"))] } },
             "claims_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
             "forward_token": false
         }]},

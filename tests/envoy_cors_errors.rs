@@ -16,13 +16,15 @@ mod common;
 
 use api_guard::jwt::alg::Alg;
 use api_guard::mint;
-use common::{Envoy, EnvoyOptions, Response, LEAKY_DETAIL_BODY, RESPONSE_HEADER_REQUEST};
+use common::{
+    test_key, unix_now, Envoy, EnvoyOptions, Response, LEAKY_DETAIL_BODY, RESPONSE_HEADER_REQUEST,
+};
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -73,28 +75,16 @@ const EXPOSED_BY_DEFAULT: [&str; 7] = [
 // ---------------------------------------------------------------------------------------------
 // Configuration and credentials
 
-fn p256() -> Value {
-    let path = format!("{}/tests/keys/p256.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("test key")).expect("JWK")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// An ES256 token the base config accepts.
 fn token(sub: &str, roles: &[&str]) -> String {
     let claims: Map<String, Value> = json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles,
-        "iat": now(), "exp": now() + 600
+        "iat": unix_now(), "exp": unix_now() + 600
     })
     .as_object()
     .unwrap()
     .clone();
-    mint::sign(&p256(), Alg::ES256, &claims).unwrap()
+    mint::sign(&test_key("p256"), Alg::ES256, &claims).unwrap()
 }
 
 fn bearer(sub: &str, roles: &[&str]) -> String {
@@ -109,7 +99,7 @@ fn base_config() -> Value {
             "issuer": ISSUER,
             "audiences": [AUDIENCE],
             "algorithms": ["ES256"],
-            "jwks": { "inline": { "keys": [mint::public_jwk(&p256())] } },
+            "jwks": { "inline": { "keys": [mint::public_jwk(&test_key("p256"))] } },
             "claims_to_headers": [ { "claim": "sub", "header": "x-user-id" } ]
         }]},
         "routes": [

@@ -11,12 +11,12 @@ mod common;
 use api_guard::jwt::alg::Alg;
 use api_guard::mint;
 use common::idp::{Behavior, Idp};
-use common::{Envoy, EnvoyOptions, Response};
+use common::{test_key, unix_now, Envoy, EnvoyOptions, Response};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "https://api.test";
@@ -24,35 +24,23 @@ const JWKS_PATH: &str = "/.well-known/jwks.json";
 const UPDATED: &str = "\"event\":\"jwks_updated\"";
 const FAILED: &str = "\"event\":\"jwks_fetch_failed\"";
 
-fn key(name: &str) -> Value {
-    let path = format!("{}/tests/keys/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn jwks(names: &[&str]) -> Value {
-    json!({ "keys": names.iter().map(|n| mint::public_jwk(&key(n))).collect::<Vec<_>>() })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    json!({ "keys": names.iter().map(|n| mint::public_jwk(&test_key(n))).collect::<Vec<_>>() })
 }
 
 /// A token signed with test key `key_name`, its `kid` replaced when `kid` is given.
 fn token_with(key_name: &str, alg: Alg, kid: Option<&str>, exp: u64) -> String {
-    let mut signing_key = key(key_name);
+    let mut signing_key = test_key(key_name);
     if let Some(kid) = kid {
         signing_key["kid"] = json!(kid);
     }
     let claims = json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-of-{key_name}"),
-                         "iat": now(), "exp": exp });
+                         "iat": unix_now(), "exp": exp });
     mint::sign(&signing_key, alg, claims.as_object().unwrap()).unwrap()
 }
 
 fn token(key_name: &str, alg: Alg) -> String {
-    token_with(key_name, alg, None, now() + 600)
+    token_with(key_name, alg, None, unix_now() + 600)
 }
 
 /// api-guard with one remote provider on cluster `idp`; `remote` overrides its fields.
@@ -304,7 +292,10 @@ fn verification_rotation_and_removal() {
     assert_envelope("tampered", &get(&envoy, &tampered), 401, "invalid_token");
     assert_envelope(
         "expired",
-        &get(&envoy, &token_with("p256", Alg::ES256, None, now() - 3600)),
+        &get(
+            &envoy,
+            &token_with("p256", Alg::ES256, None, unix_now() - 3600),
+        ),
         401,
         "token_expired",
     );
@@ -312,7 +303,12 @@ fn verification_rotation_and_removal() {
         "known kid, other key",
         &get(
             &envoy,
-            &token_with("p256-other", Alg::ES256, Some("test-p256"), now() + 600),
+            &token_with(
+                "p256-other",
+                Alg::ES256,
+                Some("test-p256"),
+                unix_now() + 600,
+            ),
         ),
         401,
         "invalid_token",
@@ -393,7 +389,7 @@ fn outages_keep_the_last_good_set_and_log_their_reason() {
             "p256",
             Alg::ES256,
             Some(&format!("rotated-{round}")),
-            now() + 600,
+            unix_now() + 600,
         );
         assert_envelope(
             &format!("{behavior:?}: unknown kid"),
@@ -432,7 +428,7 @@ fn outages_keep_the_last_good_set_and_log_their_reason() {
     // No key material in the log: not even the public coordinates.
     let log = envoy.log();
     for name in ["p256", "rsa2048"] {
-        let public = mint::public_jwk(&key(name));
+        let public = mint::public_jwk(&test_key(name));
         let material = public
             .get("x")
             .or_else(|| public.get("n"))
@@ -470,7 +466,7 @@ fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_interval() {
                 while started.elapsed() < flood {
                     n += 1;
                     let kid = format!("random-{worker}-{n}");
-                    let forged = token_with("p256", Alg::ES256, Some(&kid), now() + 600);
+                    let forged = token_with("p256", Alg::ES256, Some(&kid), unix_now() + 600);
                     let response = common::send_request(
                         addr,
                         "GET",

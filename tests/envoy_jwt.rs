@@ -8,29 +8,17 @@ mod common;
 
 use api_guard::jwt::alg::Alg;
 use api_guard::mint;
-use common::{assert_refusal, Envoy};
+use common::{assert_refusal, test_key, unix_now, Envoy};
 use serde_json::{json, Map, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
 const COOKIE_ISSUER: &str = "https://cookie-issuer.test";
 
-fn key(name: &str) -> Value {
-    let path = format!("{}/tests/keys/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("test key")).expect("JWK")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims(extra: Value) -> Map<String, Value> {
     let mut claims =
-        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now(), "exp": now() + 600 })
+        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": unix_now(), "exp": unix_now() + 600 })
             .as_object()
             .unwrap()
             .clone();
@@ -45,11 +33,16 @@ fn claims(extra: Value) -> Map<String, Value> {
 }
 
 fn token(key_name: &str, alg: Alg, extra: Value) -> String {
-    mint::sign(&key(key_name), alg, &claims(extra)).unwrap()
+    mint::sign(&test_key(key_name), alg, &claims(extra)).unwrap()
 }
 
 fn public_keys(names: &[&str]) -> Value {
-    Value::Array(names.iter().map(|n| mint::public_jwk(&key(n))).collect())
+    Value::Array(
+        names
+            .iter()
+            .map(|n| mint::public_jwk(&test_key(n)))
+            .collect(),
+    )
 }
 
 /// Two providers: one reading `Authorization: Bearer` with every algorithm and every test key,
@@ -164,7 +157,7 @@ fn jwt_authentication_through_envoy() {
     }
 
     // Each claim rule, refused; nothing reaches the upstream.
-    let t = now();
+    let t = unix_now();
     let refusals: Vec<(&str, String, &str)> = vec![
         (
             "iss mismatch",
@@ -373,7 +366,7 @@ fn jwt_authentication_through_envoy() {
     // Cookie provider: its token comes from the cookie and is forwarded (forward_token: true).
     envoy.clear_upstream_requests();
     let cookie_token = mint::sign(
-        &key("p256-other"),
+        &test_key("p256-other"),
         Alg::ES256,
         &claims(json!({ "iss": COOKIE_ISSUER, "sub": "bob" })),
     )

@@ -32,7 +32,7 @@ mod common;
 
 use api_guard::jwt::alg::Alg;
 use api_guard::mint;
-use common::{Envoy, EnvoyOptions, Response};
+use common::{test_key, unix_now, Envoy, EnvoyOptions, Response};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
@@ -331,18 +331,6 @@ fn assert_rate_limited(case: &str, response: &Response) -> u64 {
     retry_after
 }
 
-fn key_file(name: &str) -> Value {
-    let path = format!("{}/tests/keys/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("test key")).expect("JWK")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// A JWT for `sub` that the provider of [`jwt_section`] accepts (HS256).
 fn token_for(sub: &str) -> String {
     let claims: Map<String, Value> = json!({
@@ -351,7 +339,7 @@ fn token_for(sub: &str) -> String {
     .as_object()
     .unwrap()
     .clone();
-    mint::sign(&key_file("hs512"), Alg::HS256, &claims).unwrap()
+    mint::sign(&test_key("hs512"), Alg::HS256, &claims).unwrap()
 }
 
 fn bearer(token: &str) -> String {
@@ -364,7 +352,7 @@ fn jwt_section() -> Value {
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
         "algorithms": ["HS256"],
-        "jwks": { "inline": { "keys": [ mint::public_jwk(&key_file("hs512")) ] } }
+        "jwks": { "inline": { "keys": [ mint::public_jwk(&test_key("hs512")) ] } }
     }]})
 }
 

@@ -16,7 +16,7 @@
 mod common;
 
 use base64::Engine;
-use common::{Envoy, Response};
+use common::{unix_now, Envoy, Response};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -174,13 +174,6 @@ fn signer_reproduces_the_official_vectors() {
 }
 
 // ---- Helpers -----------------------------------------------------------------------------------
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A value no other request of this process uses (delivery ids, bodies).
 fn unique(label: &str) -> String {
@@ -876,20 +869,23 @@ fn stripe_signatures_through_envoy() {
 
     // Signed now with the first secret.
     let body = event_body("payment_intent.succeeded");
-    let header = sig(stripe_header(&[STRIPE_SECRET], now(), &body), &mut sent);
+    let header = sig(
+        stripe_header(&[STRIPE_SECRET], unix_now(), &body),
+        &mut sent,
+    );
     assert_accepted_delivery(&envoy, "first secret", path, &header, &body);
 
     // Rotation: the second configured secret matches.
     let body = event_body("payment_intent.succeeded");
     let header = sig(
-        stripe_header(&[STRIPE_ROTATED_SECRET], now(), &body),
+        stripe_header(&[STRIPE_ROTATED_SECRET], unix_now(), &body),
         &mut sent,
     );
     assert_accepted_delivery(&envoy, "second configured secret", path, &header, &body);
 
     // Several v1 signatures, only the last one matching.
     let body = event_body("invoice.paid");
-    let t = now();
+    let t = unix_now();
     let value = format!(
         "t={t},v1={},v1={},v1={}",
         stripe_v1(STRIPE_WRONG_SECRET, t, &body),
@@ -901,7 +897,7 @@ fn stripe_signatures_through_envoy() {
 
     // Stripe's test-mode v0 entries are ignored; spaces after commas are tolerated.
     let body = event_body("invoice.paid");
-    let t = now();
+    let t = unix_now();
     let value = format!(
         "t={t}, v1={}, v0={}",
         stripe_v1(STRIPE_SECRET, t, &body),
@@ -911,7 +907,10 @@ fn stripe_signatures_through_envoy() {
     assert_accepted_delivery(&envoy, "v0 ignored, spaces", path, &header, &body);
 
     // Within tolerance in both directions (clocks differ): 200 s old, 200 s ahead.
-    for (case, t) in [("200 s old", now() - 200), ("200 s ahead", now() + 200)] {
+    for (case, t) in [
+        ("200 s old", unix_now() - 200),
+        ("200 s ahead", unix_now() + 200),
+    ] {
         let body = event_body("charge.succeeded");
         let header = sig(stripe_header(&[STRIPE_SECRET], t, &body), &mut sent);
         assert_accepted_delivery(&envoy, case, path, &header, &body);
@@ -919,7 +918,10 @@ fn stripe_signatures_through_envoy() {
 
     // Tampered body.
     let body = event_body("payment_intent.succeeded");
-    let header = sig(stripe_header(&[STRIPE_SECRET], now(), &body), &mut sent);
+    let header = sig(
+        stripe_header(&[STRIPE_SECRET], unix_now(), &body),
+        &mut sent,
+    );
     let tampered = String::from_utf8(body.clone())
         .unwrap()
         .replace("2000", "200000");
@@ -932,7 +934,7 @@ fn stripe_signatures_through_envoy() {
         "no matching signature",
     );
     // A valid signature moved to another timestamp.
-    let t = now();
+    let t = unix_now();
     let moved = format!("t={},v1={}", t - 1, stripe_v1(STRIPE_SECRET, t, &body));
     sent.push(moved.clone());
     assert_refused_delivery(
@@ -945,7 +947,7 @@ fn stripe_signatures_through_envoy() {
     );
     // Wrong secret.
     let header = sig(
-        stripe_header(&[STRIPE_WRONG_SECRET], now(), &body),
+        stripe_header(&[STRIPE_WRONG_SECRET], unix_now(), &body),
         &mut sent,
     );
     assert_refused_delivery(
@@ -958,7 +960,11 @@ fn stripe_signatures_through_envoy() {
     );
     // Several v1 signatures, none matching.
     let header = sig(
-        stripe_header(&[STRIPE_WRONG_SECRET, STRIPE_WRONG_SECRET], now(), &body),
+        stripe_header(
+            &[STRIPE_WRONG_SECRET, STRIPE_WRONG_SECRET],
+            unix_now(),
+            &body,
+        ),
         &mut sent,
     );
     assert_refused_delivery(
@@ -972,7 +978,7 @@ fn stripe_signatures_through_envoy() {
 
     // Stale and future timestamps, correctly signed.
     let header = sig(
-        stripe_header(&[STRIPE_SECRET], now() - TOLERANCE - 100, &body),
+        stripe_header(&[STRIPE_SECRET], unix_now() - TOLERANCE - 100, &body),
         &mut sent,
     );
     assert_refused_delivery(
@@ -984,7 +990,7 @@ fn stripe_signatures_through_envoy() {
         "signature timestamp too old",
     );
     let header = sig(
-        stripe_header(&[STRIPE_SECRET], now() + TOLERANCE + 100, &body),
+        stripe_header(&[STRIPE_SECRET], unix_now() + TOLERANCE + 100, &body),
         &mut sent,
     );
     assert_refused_delivery(
@@ -1016,7 +1022,7 @@ fn stripe_signatures_through_envoy() {
     sent.push(STRIPE_VECTOR_ROTATED_HEADER.to_string());
 
     // Malformed headers.
-    let t = now();
+    let t = unix_now();
     let good = stripe_v1(STRIPE_SECRET, t, &body);
     sent.push(good.clone());
     for (case, value) in [
@@ -1075,7 +1081,7 @@ fn standard_webhooks_signatures_through_envoy() {
     // Signed now with the first secret (the Standard Webhooks README example secret).
     let body = event_body("contact.created");
     let id = unique("msg");
-    let t = now();
+    let t = unix_now();
     let signature = standard_signature(STANDARD_SECRET, &id, t, &body);
     sent.push(signature.clone());
     assert_accepted_delivery(
@@ -1117,7 +1123,10 @@ fn standard_webhooks_signatures_through_envoy() {
     );
 
     // Within tolerance in both directions.
-    for (case, t) in [("200 s old", now() - 200), ("200 s ahead", now() + 200)] {
+    for (case, t) in [
+        ("200 s old", unix_now() - 200),
+        ("200 s ahead", unix_now() + 200),
+    ] {
         let id = unique("msg");
         let signature = standard_signature(STANDARD_SECRET, &id, t, &body);
         sent.push(signature.clone());
@@ -1132,7 +1141,7 @@ fn standard_webhooks_signatures_through_envoy() {
 
     // Tampered body, id and timestamp.
     let id = unique("msg");
-    let t = now();
+    let t = unix_now();
     let signature = standard_signature(STANDARD_SECRET, &id, t, &body);
     sent.push(signature.clone());
     let mut tampered = body.clone();
@@ -1190,12 +1199,12 @@ fn standard_webhooks_signatures_through_envoy() {
     for (case, t, reason) in [
         (
             "stale timestamp",
-            now() - TOLERANCE - 100,
+            unix_now() - TOLERANCE - 100,
             "signature timestamp too old",
         ),
         (
             "future timestamp",
-            now() + TOLERANCE + 100,
+            unix_now() + TOLERANCE + 100,
             "signature timestamp in the future",
         ),
     ] {
@@ -1315,7 +1324,7 @@ fn replay_protection_through_envoy() {
     let path = "/hooks/standard-replay";
     let body = event_body("contact.created");
     let id = unique("msg");
-    let t = now();
+    let t = unix_now();
     let signature = standard_signature(STANDARD_SECRET, &id, t, &body);
     let headers = standard_headers(&id, t, &signature);
     envoy.clear_upstream_requests();
@@ -1417,7 +1426,7 @@ fn replay_protection_through_envoy() {
     // Stripe: the same delivery twice; also with an extra v1 (which must not make it new).
     let path = "/hooks/stripe-replay";
     let body = event_body("payment_intent.succeeded");
-    let t = now();
+    let t = unix_now();
     let header = stripe_header(&[STRIPE_SECRET], t, &body);
     let (first, first_worker) = send_on_known_worker(
         &envoy,
@@ -1507,7 +1516,7 @@ fn webhook_body_limits_through_envoy() {
     let path = "/hooks/stripe-small";
     let mut body = event_body("big");
     body.resize(1024, b' ');
-    let header = stripe_header(&[STRIPE_SECRET], now(), &body);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &body);
     assert_accepted_delivery(
         &envoy,
         "exactly max_body_bytes",
@@ -1519,7 +1528,7 @@ fn webhook_body_limits_through_envoy() {
     // One byte over, correctly signed, by Content-Length: 413 before the body is read.
     let mut body = event_body("big");
     body.resize(1025, b' ');
-    let header = stripe_header(&[STRIPE_SECRET], now(), &body);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &body);
     envoy.clear_upstream_requests();
     let response = post(&envoy, path, &hdr("Stripe-Signature", &header), &body);
     assert_refusal("content-length over", &response, 413, "payload_too_large");
@@ -1536,7 +1545,7 @@ fn webhook_body_limits_through_envoy() {
     // Without a Content-Length (chunked), in one write.
     let mut body = event_body("big");
     body.resize(4096, b' ');
-    let header = stripe_header(&[STRIPE_SECRET], now(), &body);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &body);
     let mut headers = hdr("Stripe-Signature", &header);
     headers.push(("Transfer-Encoding".into(), "chunked".into()));
     envoy.clear_upstream_requests();
@@ -1563,7 +1572,7 @@ fn webhook_body_limits_through_envoy() {
     // Chunked, two chunks of 800 bytes in separate writes: each under the limit, together over.
     let mut body = event_body("big");
     body.resize(1600, b' ');
-    let header = stripe_header(&[STRIPE_SECRET], now(), &body);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &body);
     envoy.clear_upstream_requests();
     let mut connection = Connection::open(&envoy);
     let response = connection.chunked_request(
@@ -1585,7 +1594,7 @@ fn webhook_body_limits_through_envoy() {
     // The default bound on webhook routes is 1 MiB: a declared length over it is refused at
     // once (the body is never sent).
     envoy.clear_upstream_requests();
-    let header = stripe_header(&[STRIPE_SECRET], now(), b"x");
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), b"x");
     let response = envoy.request_with_body(
         "POST",
         "/hooks/stripe",
@@ -1608,7 +1617,7 @@ fn webhook_body_limits_through_envoy() {
     // ... and a chunked body over it too.
     let mut big = event_body("big");
     big.resize(1_048_577, b' ');
-    let header = stripe_header(&[STRIPE_SECRET], now(), &big);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &big);
     let mut headers = hdr("Stripe-Signature", &header);
     headers.push(("Transfer-Encoding".into(), "chunked".into()));
     let chunks: Vec<&[u8]> = big.chunks(64 * 1024).collect();
@@ -1629,7 +1638,7 @@ fn webhook_body_limits_through_envoy() {
     // must not cut in first).
     let mut exact = event_body("exact");
     exact.resize(1_048_576, b' ');
-    let header = stripe_header(&[STRIPE_SECRET], now(), &exact);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &exact);
     assert_accepted_delivery(
         &envoy,
         "exactly the default 1 MiB",
@@ -1641,7 +1650,7 @@ fn webhook_body_limits_through_envoy() {
     // A large body under the default limit is buffered whole, verified and forwarded intact.
     let mut large = event_body("large");
     large.extend((0..600_000u32).map(|i| b'a' + (i % 26) as u8));
-    let header = stripe_header(&[STRIPE_SECRET], now(), &large);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &large);
     assert_accepted_delivery(
         &envoy,
         "600 KB body",
@@ -1658,7 +1667,7 @@ fn webhook_body_split_across_chunks_is_verified_whole() {
     let envoy = Envoy::with_plugin(&webhook_config());
     let path = "/hooks/stripe";
     let body = event_body("payment_intent.succeeded");
-    let header = stripe_header(&[STRIPE_SECRET], now(), &body);
+    let header = stripe_header(&[STRIPE_SECRET], unix_now(), &body);
     let (a, rest) = body.split_at(10);
     let (b, c) = rest.split_at(rest.len() / 2);
 

@@ -415,6 +415,22 @@ fn read_lossy(p: &Path) -> String {
 }
 
 /// The last `n` lines of `s`.
+/// The test key `tests/keys/<name>.json`: a JWK, private members included.
+pub fn test_key(name: &str) -> serde_json::Value {
+    let path = crate_root().join(format!("tests/keys/{name}.json"));
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("test key {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("test key {}: {e}", path.display()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
