@@ -544,6 +544,17 @@ impl ApiKeys {
 /// `api_key` to PHP and Rails). Both `&` and `;` separate parameters, as some frameworks
 /// accept either. Values are never looked at, so nothing here can log one.
 pub fn credentials_in_query(query: &str, extra_names: &[&str]) -> bool {
+    query_has_parameter(query, |name| {
+        CREDENTIAL_QUERY_NAMES
+            .iter()
+            .chain(extra_names)
+            .any(|candidate| name.eq_ignore_ascii_case(candidate.as_bytes()))
+    })
+}
+
+/// Whether a parameter of `query`, with its name read as backends read it (see
+/// [`credentials_in_query`]), satisfies `is_wanted`.
+pub fn query_has_parameter(query: &str, is_wanted: impl Fn(&[u8]) -> bool) -> bool {
     query
         .split(['&', ';'])
         .filter(|pair| !pair.is_empty())
@@ -554,11 +565,7 @@ pub fn credentials_in_query(query: &str, extra_names: &[&str]) -> bool {
                 Some(0) | None => &decoded[..],
                 Some(bracket) => &decoded[..bracket],
             };
-            let name = name.trim_ascii();
-            CREDENTIAL_QUERY_NAMES
-                .iter()
-                .chain(extra_names)
-                .any(|candidate| name.eq_ignore_ascii_case(candidate.as_bytes()))
+            is_wanted(name.trim_ascii())
         })
 }
 

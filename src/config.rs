@@ -7,8 +7,10 @@ use crate::authz::{OwnerConfig, OwnerRule, RequireConfig, Requirement};
 use crate::body_schema::BodySchema;
 use crate::config_error::{index, join, ConfigError};
 use crate::cors::{Cors, CorsConfig};
+use crate::credentials::CredentialLocations;
 use crate::error_rewrite::{ErrorRewrite, ErrorsConfig};
 use crate::events::EventsConfig;
+use crate::firewall::{AmbiguousCase, Firewall, FirewallConfig, OVERRIDE_HEADERS};
 use crate::jwt::{JwtAuth, JwtConfig};
 use crate::policy::{Auth, Mode, Policy, Route, API_KEY_ID_HEADER};
 use crate::rate_limit::{self, RateLimit};
@@ -42,6 +44,8 @@ struct RawConfig {
     webhooks: BTreeMap<String, WebhookConfig>,
     #[serde(default)]
     events: EventsConfig,
+    #[serde(default)]
+    firewall: FirewallConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +190,22 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         .map(|j| j.identity_headers.clone())
         .unwrap_or_default();
     identity_headers.push(API_KEY_ID_HEADER.to_string());
+    let credentials = CredentialLocations::compile(jwt.as_ref(), api_keys.as_ref());
+    let mut twin_guarded_headers = identity_headers.clone();
+    for name in credentials
+        .header_names()
+        .chain(OVERRIDE_HEADERS.iter().copied())
+    {
+        if !twin_guarded_headers.iter().any(|h| h == name) {
+            twin_guarded_headers.push(name.to_string());
+        }
+    }
+    let firewall = Firewall::compile(&raw.firewall);
+    let lower_case_matchers = match firewall.ambiguous_case {
+        AmbiguousCase::Reject => routes.iter().map(|r| r.matcher.to_lower_case()).collect(),
+        AmbiguousCase::Allow => Vec::new(),
+    };
+    let routes_have_upper_case = routes.iter().any(|r| r.matcher.has_upper_case());
     let mode = match raw.mode {
         RawMode::Enforce => Mode::Enforce,
         RawMode::Report => Mode::Report,
@@ -202,6 +222,11 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         webhooks,
         identity_headers,
         events: raw.events,
+        firewall,
+        credentials,
+        twin_guarded_headers,
+        lower_case_matchers,
+        routes_have_upper_case,
     })
 }
 

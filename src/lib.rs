@@ -11,8 +11,10 @@ pub mod body_schema;
 pub mod config;
 pub mod config_error;
 pub mod cors;
+pub mod credentials;
 pub mod error_rewrite;
 pub mod events;
+pub mod firewall;
 pub mod header_pairs;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]

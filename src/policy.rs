@@ -3,8 +3,10 @@
 //! the response it asks [`Policy::plan_response`] what to change.
 //!
 //! The order of the request checks is part of the security model:
-//! 1. identity headers a client could spoof are always removed;
-//! 2. the path is normalised (the upstream gets the path that was matched);
+//! 1. identity headers a client could spoof are always removed, with their `_` twins, and
+//!    method/URL override headers (see [`crate::firewall`]);
+//! 2. the path is normalised (the upstream gets the path that was matched), the method must be
+//!    upper case, and a path whose route depends on letter case is refused;
 //! 3. credentials in the URL are refused (they end up in logs everywhere);
 //! 4. CORS preflights are answered (browsers send them without credentials);
 //! 5. the route is matched; the body size is checked by Content-Length;
@@ -13,25 +15,33 @@
 //! 7. the rate limit (after authentication, so that the principal is known);
 //! 8. authorization: scopes and roles (403), then the owner rule (404, never 403);
 //! 9. webhook signature and body schema, once the body has arrived.
+//!
+//! Whatever the verdict, every credential the request carries is removed before it goes
+//! upstream, except the verified token of a provider with `forward_token: true`
+//! (see [`crate::credentials`]).
 
-use crate::api_keys::{credentials_in_query, ApiKey, ApiKeys};
+use crate::api_keys::{credentials_in_query, query_has_parameter, ApiKey, ApiKeys};
 use crate::authz::{Identity, OwnerRule, Requirement};
 use crate::body_limit::content_length_exceeds;
 use crate::body_schema::BodySchema;
 use crate::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS};
+use crate::credentials::CredentialLocations;
 use crate::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
 use crate::events::SecurityEvent;
+use crate::firewall::{
+    same_after_folding, AmbiguousCase, Firewall, OverrideHeaders, OVERRIDE_QUERY_PARAMETERS,
+};
 use crate::jwt::cache::TokenCache;
 use crate::jwt::remote::{self, RemoteKeys, WaitTicket};
 use crate::jwt::verifier::SignatureVerifier;
-use crate::jwt::{JwtAuth, JwtFailure, KeyNotFound, TokenSource, VerifiedToken, VerifyError};
+use crate::jwt::{JwtAuth, JwtFailure, KeyNotFound, VerifiedToken, VerifyError};
 use crate::rate_limit::{CounterStore, Limiter, RateLimit};
 use crate::replay::{replay_key_prefix, SharedReplayTable};
 use crate::reply::{
     envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_TOKEN, CHALLENGE_NO_TOKEN,
 };
 use crate::request::RequestHead;
-use crate::routes::{normalize_path, CompiledMatch};
+use crate::routes::{normalize_path_with, CompiledMatch};
 use crate::security_headers::SecurityHeaders;
 use crate::webhook::Webhook;
 use std::rc::Rc;
@@ -99,6 +109,18 @@ pub struct Policy {
     /// Headers removed from every request: the ones the filter sets from verified credentials.
     pub identity_headers: Vec<String>,
     pub events: crate::events::EventsConfig,
+    pub firewall: Firewall,
+    /// Where credentials are read: all are removed before the request goes upstream.
+    pub credentials: CredentialLocations,
+    /// Headers whose `_` twins are removed from every request: the identity and credential
+    /// headers and the override headers.
+    pub twin_guarded_headers: Vec<String>,
+    /// The routes' matches in lower case, for the case-ambiguity check (empty when
+    /// `firewall.ambiguous_case` is `allow`).
+    pub lower_case_matchers: Vec<CompiledMatch>,
+    /// Whether a route literal has an upper-case letter (else an all-lower-case path needs no
+    /// case check).
+    pub routes_have_upper_case: bool,
 }
 
 /// What the host lends the core for one request.
@@ -242,6 +264,8 @@ struct Work<'h> {
     log_path: String,
     /// An event for an allowed request (authorization decisions are always logged).
     allow_event: Option<(&'static str, String)>,
+    /// The JWT source whose token verified, when its provider forwards tokens upstream.
+    kept_credential: Option<usize>,
 }
 
 impl Policy {
@@ -260,19 +284,58 @@ impl Policy {
             principal: None,
             log_path: String::new(),
             allow_event: None,
+            kept_credential: None,
         };
-        // Identity headers are the filter's to set: a client that sends its own `x-user-id` or
-        // `x-api-key-id` is lying, on every route, with or without a credential.
-        for name in &self.identity_headers {
-            if head.has_header(name) {
-                work.forward.remove_headers.push(name.clone());
-            }
-        }
+        self.remove_spoofable_headers(head, &mut work.forward);
         let outcome = self.decide(&mut work, env);
         self.conclude(outcome, work)
     }
 
+    /// Identity headers are the filter's to set: a client that sends its own `x-user-id` or
+    /// `x-api-key-id` is lying, on every route, with or without a credential; so is one that
+    /// sends `x_user_id`, which CGI, WSGI and Rack read as the same variable. Override headers
+    /// would make the upstream act on a method or path the filter never checked.
+    fn remove_spoofable_headers(&self, head: &RequestHead, forward: &mut Forward) {
+        let strip_overrides = self.firewall.override_headers == OverrideHeaders::Strip;
+        for (name, _) in &head.headers {
+            let spoofable = self.identity_headers.iter().any(|h| h == name)
+                || (name.contains('_')
+                    && self
+                        .twin_guarded_headers
+                        .iter()
+                        .any(|h| h != name && same_after_folding(name, h)))
+                || (strip_overrides && Firewall::is_override_header(name));
+            if spoofable && !forward.remove_headers.contains(name) {
+                forward.remove_headers.push(name.clone());
+            }
+        }
+    }
+
+    /// Removes every credential but the verified token of a provider that forwards tokens.
+    fn remove_credentials(&self, head: &RequestHead, kept: Option<usize>, forward: &mut Forward) {
+        let kept = kept.and_then(|i| self.jwt.as_ref()?.sources.get(i));
+        let removal = self.credentials.removal(head, kept);
+        for name in removal.remove_headers {
+            if !forward.remove_headers.contains(&name) {
+                forward.remove_headers.push(name);
+            }
+        }
+        match removal.cookie {
+            None => {}
+            Some(Some(rest)) => forward.set_headers.push(("cookie".into(), rest)),
+            Some(None) => forward.remove_headers.push("cookie".into()),
+        }
+    }
+
     fn conclude(&self, outcome: Result<Verdict, Refusal>, mut work: Work<'_>) -> Decision {
+        let head = work.head;
+        let kept = work.kept_credential;
+        let outcome = outcome.map(|mut verdict| {
+            if let Verdict::Allow(forward) | Verdict::NeedBody { forward, .. } = &mut verdict {
+                self.remove_credentials(head, kept, forward);
+            }
+            verdict
+        });
         // The client's address is asked of the host only for an event of this decision (or
         // when a rate limit needed it already); a later event on the response path has the
         // adapter fill it in (`EventBase::client` empty).
@@ -315,7 +378,11 @@ impl Policy {
                 );
                 let verdict = match self.mode {
                     Mode::Enforce => Verdict::Deny(refusal.reply),
-                    Mode::Report => Verdict::Allow(work.forward),
+                    Mode::Report => {
+                        let mut forward = std::mem::take(&mut work.forward);
+                        self.remove_credentials(head, kept, &mut forward);
+                        Verdict::Allow(forward)
+                    }
                 };
                 Decision {
                     verdict,
@@ -401,16 +468,26 @@ impl Policy {
                 reason,
             ));
         }
-        let normalized = normalize_path(&head.path).map_err(|e| {
-            Refusal::new(
-                LocalReply::new(ErrorCode::BadRequest, request_id),
-                "bad_request",
-                format!("path cannot be normalised: {}", e.reason()),
-            )
-        })?;
+        let normalized =
+            normalize_path_with(&head.path, self.firewall.path_parameters).map_err(|e| {
+                Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    format!("path cannot be normalised: {}", e.reason()),
+                )
+            })?;
         work.log_path.clone_from(&normalized.path);
         if normalized.changed {
             work.forward.set_path = Some(normalized.to_request_path());
+        }
+        if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            // Methods are case-sensitive: `get` matches no `GET` route, yet some upstreams
+            // upper-case it and run the GET handler.
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                "method not in upper case",
+            ));
         }
         if let Some(query) = &normalized.query {
             if self.refuses_credentials_in(query) {
@@ -420,6 +497,31 @@ impl Policy {
                     "credential-like parameter in the query string",
                 ));
             }
+            if self.firewall.override_headers != OverrideHeaders::Forward
+                && query_has_parameter(query, |name| {
+                    OVERRIDE_QUERY_PARAMETERS
+                        .iter()
+                        .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+                })
+            {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    "method override in the query string",
+                ));
+            }
+        }
+        if self.firewall.override_headers == OverrideHeaders::Reject
+            && head
+                .headers
+                .iter()
+                .any(|(name, _)| Firewall::is_override_header(name))
+        {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                "method or URL override header",
+            ));
         }
         if let Some(cors) = &self.cors {
             match cors.preflight(head) {
@@ -446,6 +548,16 @@ impl Policy {
                 "no route matches",
             ));
         };
+        if let Some(other) = self.case_insensitive_route(head, &normalized.path) {
+            if other != Some(route_index) {
+                // Express, IIS and ASP.NET ignore case: they would run another route's handler.
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    "path case is ambiguous: ignoring case picks another route",
+                ));
+            }
+        }
         work.route = Some(route_index);
         let route = self.routes.get(route_index).ok_or_else(|| {
             Refusal::new(
@@ -548,6 +660,22 @@ impl Policy {
         Ok(Verdict::Allow(work.forward.clone()))
     }
 
+    /// The route an upstream that ignores ASCII case would pick, when that check applies (see
+    /// `firewall.ambiguous_case`); `None` when it does not.
+    fn case_insensitive_route(&self, head: &RequestHead, path: &str) -> Option<Option<usize>> {
+        if self.firewall.ambiguous_case != AmbiguousCase::Reject
+            || !(self.routes_have_upper_case || path.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return None;
+        }
+        let lower = path.to_ascii_lowercase();
+        Some(
+            self.lower_case_matchers
+                .iter()
+                .position(|m| m.matches(&head.method, &head.authority, &lower).is_some()),
+        )
+    }
+
     fn refuses_credentials_in(&self, query: &str) -> bool {
         if self.jwt.is_none() && self.api_keys.is_none() {
             return false;
@@ -620,21 +748,8 @@ impl Policy {
                     .providers
                     .get(verified.provider)
                     .is_some_and(|p| p.forward_token);
-                if !forward_token {
-                    match jwt.sources.get(found.source) {
-                        Some(TokenSource::Header { name, .. }) => {
-                            work.forward.remove_headers.push(name.clone())
-                        }
-                        Some(TokenSource::Cookie { name }) => {
-                            match head.cookie_header_without(name) {
-                                Some(rest) => {
-                                    work.forward.set_headers.push(("cookie".into(), rest))
-                                }
-                                None => work.forward.remove_headers.push("cookie".into()),
-                            }
-                        }
-                        None => {}
-                    }
+                if forward_token {
+                    work.kept_credential = Some(found.source);
                 }
                 Some(verified)
             }
@@ -650,14 +765,7 @@ impl Policy {
                     .iter()
                     .position(|k| std::ptr::eq(k, api_key))
                     .unwrap_or(0);
-                let credential_header = if presented.from_authorization {
-                    "authorization"
-                } else {
-                    keys.header_name()
-                };
-                work.forward
-                    .remove_headers
-                    .push(credential_header.to_string());
+                // The key itself never goes upstream (see `remove_credentials`).
                 work.forward
                     .set_headers
                     .push((API_KEY_ID_HEADER.to_string(), api_key.id.clone()));
@@ -813,10 +921,11 @@ impl Policy {
             response: ResponseContext::default(),
             route: Some(check.route),
             principal: None,
-            log_path: normalize_path(&head.path)
+            log_path: normalize_path_with(&head.path, self.firewall.path_parameters)
                 .map(|n| n.path)
                 .unwrap_or_default(),
             allow_event: None,
+            kept_credential: None,
         };
         work.response.request_id.clone_from(&head.request_id);
         let outcome = self

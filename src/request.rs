@@ -121,7 +121,7 @@ impl RequestHead {
         self.header_values("cookie")
             .flat_map(|h| h.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| n.trim() == name)
             .map(|(_, v)| v.trim_matches('"'))
     }
 
@@ -130,17 +130,22 @@ impl RequestHead {
         self.header_values("cookie")
             .flat_map(|h| h.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(n, _)| *n == name)
+            .filter(|(n, _)| n.trim() == name)
             .count()
     }
 
-    /// The `cookie` header without cookie `name`, or `None` when nothing else is left.
-    pub fn cookie_header_without(&self, name: &str) -> Option<String> {
+    /// The `cookie` header without the cookies `names`, or `None` when nothing else is left.
+    pub fn cookie_header_without(&self, names: &[&str]) -> Option<String> {
         let kept: Vec<&str> = self
             .header_values("cookie")
             .flat_map(|h| h.split(';'))
             .map(str::trim)
-            .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(n, _)| n != name))
+            .filter(|pair| {
+                !pair.is_empty()
+                    && pair
+                        .split_once('=')
+                        .is_none_or(|(n, _)| !names.contains(&n.trim()))
+            })
             .collect();
         (!kept.is_empty()).then(|| kept.join("; "))
     }
@@ -226,10 +231,10 @@ mod tests {
         assert_eq!(head.cookie("session"), Some("tok"));
         assert_eq!(head.cookie("sess"), None);
         assert_eq!(
-            head.cookie_header_without("session").as_deref(),
+            head.cookie_header_without(&["session"]).as_deref(),
             Some("a=1; b=2")
         );
         let only = RequestHead::from_host(vec![("cookie".into(), "session=tok".into())], None);
-        assert_eq!(only.cookie_header_without("session"), None);
+        assert_eq!(only.cookie_header_without(&["session"]), None);
     }
 }

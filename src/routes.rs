@@ -71,11 +71,24 @@ pub enum PathError {
     EncodedBackslash,
     /// `%00`.
     EncodedNul,
+    /// `%01`..`%1F` or `%7F`: a decoding upstream sees a control character.
+    EncodedControlCharacter,
+    /// `%25`: an upstream that decodes twice sees a second escape the filter never saw.
+    EncodedPercent,
+    /// Escapes that do not decode to UTF-8 (`%C0%AE` is an over-long `.` to lax decoders).
+    EncodedInvalidUtf8,
     /// A `..` segment that would climb above the root.
     DotSegmentEscapesRoot,
-    /// A `.` or `..` segment carrying a `;` path parameter (`/..;/`), which servlet containers
-    /// treat as a dot segment.
-    DotSegmentWithParameter,
+    /// A raw `;` in the path: Tomcat, Jetty and Spring cut `;...` out of each segment before
+    /// routing, so `/admin;x=1/x` is `/admin/x` to them (refused unless
+    /// `firewall.path_parameters` is `strip`).
+    PathParameter,
+    /// `%3B`: a `;` that servlet containers do not cut but Spring's firewall refuses; which
+    /// reading an upstream takes is anyone's guess.
+    EncodedSemicolon,
+    /// A segment ending in `.` or a space (`/admin./x`, `/admin%2e/x`, `/admin%20/x`): IIS and
+    /// Windows drop them, so the upstream reads `/admin/x`.
+    TrailingDotOrSpace,
 }
 
 impl PathError {
@@ -92,8 +105,13 @@ impl PathError {
             PathError::EncodedSlash => "encoded slash",
             PathError::EncodedBackslash => "encoded backslash",
             PathError::EncodedNul => "encoded NUL",
+            PathError::EncodedControlCharacter => "encoded control character",
+            PathError::EncodedPercent => "encoded percent sign",
+            PathError::EncodedInvalidUtf8 => "escapes that are not UTF-8",
             PathError::DotSegmentEscapesRoot => "dot segment escapes root",
-            PathError::DotSegmentWithParameter => "dot segment with path parameter",
+            PathError::PathParameter => "path parameter (;)",
+            PathError::EncodedSemicolon => "encoded semicolon",
+            PathError::TrailingDotOrSpace => "segment ending in a dot or space",
         }
     }
 }
@@ -106,13 +124,34 @@ impl fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
+/// What to do with `;` path parameters (`/users/bob;v=1/documents`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Refuse the request (400), as Spring Security's `StrictHttpFirewall` does.
+    #[default]
+    Reject,
+    /// Cut `;...` out of every segment, as Tomcat, Jetty and Spring do before routing, and
+    /// forward the path without them (the upstream gets exactly the path that was matched).
+    Strip,
+}
+
+/// Normalises the HTTP `:path` pseudo-header, refusing path parameters (the default rules).
+pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
+    normalize_path_with(raw, PathParameters::Reject)
+}
+
 /// Normalises the HTTP `:path` pseudo-header.
 ///
-/// Rejects what cannot be normalised safely; otherwise decodes percent-escapes of unreserved
-/// characters once, upper-cases the hex of the escapes it keeps, percent-encodes raw bytes that
-/// are not allowed in a path, merges repeated slashes and removes dot segments. The query is
-/// returned untouched.
-pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
+/// Rejects what cannot be normalised safely, and everything a common upstream reads otherwise
+/// than this function would (see [`PathError`]); otherwise decodes percent-escapes of
+/// unreserved characters once, upper-cases the hex of the escapes it keeps, percent-encodes raw
+/// bytes that are not allowed in a path, cuts path parameters when `parameters` says so, merges
+/// repeated slashes and removes dot segments. The query is returned untouched.
+pub fn normalize_path_with(
+    raw: &str,
+    parameters: PathParameters,
+) -> Result<NormalizedPath, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
@@ -132,8 +171,11 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
         Some((p, q)) => (p, Some(q)),
         None => (raw, None),
     };
+    if parameters == PathParameters::Reject && raw_path.contains(';') {
+        return Err(PathError::PathParameter);
+    }
     let decoded = decode_path(raw_path)?;
-    let path = remove_dot_segments(&decoded)?;
+    let path = remove_dot_segments(&decoded, parameters)?;
     let changed = path != raw_path;
     Ok(NormalizedPath {
         path,
@@ -174,6 +216,9 @@ fn push_pct(out: &mut String, b: u8) {
 fn decode_path(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
+    // The bytes the escapes of a run stand for: an upstream decodes them to text, so they must
+    // be UTF-8 (over-long forms of `.` and `/` are how lax decoders were fooled).
+    let mut escaped_run: Vec<u8> = Vec::new();
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
@@ -187,11 +232,20 @@ fn decode_path(raw: &str) -> Result<String, PathError> {
                 b'/' => return Err(PathError::EncodedSlash),
                 b'\\' => return Err(PathError::EncodedBackslash),
                 0 => return Err(PathError::EncodedNul),
+                0x01..=0x1f | 0x7f => return Err(PathError::EncodedControlCharacter),
+                b'%' => return Err(PathError::EncodedPercent),
+                b';' => return Err(PathError::EncodedSemicolon),
                 _ if is_unreserved(v) => out.push(char::from(v)),
                 _ => push_pct(&mut out, v),
             }
+            if v >= 0x80 {
+                escaped_run.push(v);
+            } else {
+                check_utf8_run(&mut escaped_run)?;
+            }
             i += 3;
         } else {
+            check_utf8_run(&mut escaped_run)?;
             if is_raw_path_byte(b) {
                 out.push(char::from(b));
             } else {
@@ -202,25 +256,43 @@ fn decode_path(raw: &str) -> Result<String, PathError> {
             i += 1;
         }
     }
+    check_utf8_run(&mut escaped_run)?;
     Ok(out)
 }
 
-/// `.` or `..` followed by `;params` (Tomcat and Jetty strip the params, then resolve the dots).
-fn is_dot_segment_with_param(seg: &str) -> bool {
-    match seg.split_once(';') {
-        Some((head, _)) => head == "." || head == "..",
-        None => false,
+/// A run of escaped non-ASCII bytes must be UTF-8; empties the run.
+fn check_utf8_run(run: &mut Vec<u8>) -> Result<(), PathError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let valid = std::str::from_utf8(run).is_ok();
+    run.clear();
+    if valid {
+        Ok(())
+    } else {
+        Err(PathError::EncodedInvalidUtf8)
     }
 }
 
-/// Merges repeated slashes and removes dot segments; `..` above the root is an error.
-/// `p` starts with `/`.
-fn remove_dot_segments(p: &str) -> Result<String, PathError> {
+/// A segment that Windows path rules (IIS) would shorten: a trailing `.` or space, other than
+/// the dot segments themselves.
+fn ends_in_dot_or_space(seg: &str) -> bool {
+    (seg.ends_with('.') && seg != "." && seg != "..") || seg.ends_with("%20")
+}
+
+/// Merges repeated slashes and removes dot segments; `..` above the root is an error. With
+/// [`PathParameters::Strip`], `;...` is cut from every segment first, as servlet containers do
+/// (so `..;x` is `..` and `;x` alone is an empty segment). `p` starts with `/`.
+fn remove_dot_segments(p: &str, parameters: PathParameters) -> Result<String, PathError> {
     let rest = p.strip_prefix('/').unwrap_or(p);
     let count = rest.split('/').count();
     let mut out: Vec<&str> = Vec::with_capacity(count);
     let mut trailing_slash = false;
     for (i, seg) in rest.split('/').enumerate() {
+        let seg = match parameters {
+            PathParameters::Strip => seg.split(';').next().unwrap_or(""),
+            PathParameters::Reject => seg,
+        };
         let last = i + 1 == count;
         match seg {
             "" | "." => {}
@@ -229,12 +301,8 @@ fn remove_dot_segments(p: &str) -> Result<String, PathError> {
                     return Err(PathError::DotSegmentEscapesRoot);
                 }
             }
-            s => {
-                if is_dot_segment_with_param(s) {
-                    return Err(PathError::DotSegmentWithParameter);
-                }
-                out.push(s);
-            }
+            s if ends_in_dot_or_space(s) => return Err(PathError::TrailingDotOrSpace),
+            s => out.push(s),
         }
         if last {
             trailing_slash = matches!(seg, "" | "." | "..");
@@ -265,6 +333,10 @@ pub struct MatchConfig {
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub path_template: Option<String>,
+    /// Envoy's `path_separated_prefix`: `/admin` covers `/admin`, `/admin/` and `/admin/x`,
+    /// never `/administrator`. It may not end in `/`.
+    #[serde(default)]
+    pub path_separated_prefix: Option<String>,
     #[serde(default)]
     pub methods: Option<Vec<String>>,
     #[serde(default)]
@@ -294,16 +366,18 @@ enum Segment {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PathMatch {
+    /// Matches the path with or without one trailing slash, as Express (`strict: false`) and
+    /// Spring 5 route `/login/` to the `/login` handler: a trailing slash never falls through
+    /// to a weaker route.
     Exact(String),
     /// Prefix ending in `/`: plain `starts_with`.
     PrefixSlash(String),
-    /// Prefix not ending in `/`: matches only at a segment boundary.
+    /// Prefix not ending in `/` (`path_prefix`, or `path_separated_prefix`): matches only at a
+    /// segment boundary.
     PrefixSegment(String),
-    /// Template with no segments is `/`.
-    Template {
-        segments: Vec<Segment>,
-        trailing_slash: bool,
-    },
+    /// Template with no segments is `/`. Like [`PathMatch::Exact`], matches with or without one
+    /// trailing slash.
+    Template { segments: Vec<Segment> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +402,7 @@ pub struct CompiledMatch {
     hosts: Option<Vec<HostPattern>>,
 }
 
-const PATH_FIELDS: &str = "path_exact, path_prefix or path_template";
+const PATH_FIELDS: &str = "path_exact, path_prefix, path_separated_prefix or path_template";
 
 impl CompiledMatch {
     /// `at` is the JSON path of this match object, e.g. "routes[2].match"; every error names the
@@ -340,6 +414,7 @@ impl CompiledMatch {
             ("path_exact", cfg.path_exact.is_some()),
             ("path_prefix", cfg.path_prefix.is_some()),
             ("path_template", cfg.path_template.is_some()),
+            ("path_separated_prefix", cfg.path_separated_prefix.is_some()),
         ]
         .iter()
         .filter(|(_, present)| *present)
@@ -374,6 +449,17 @@ impl CompiledMatch {
                 Err(m) => errors.push(ConfigError::new(join(at, "path_prefix"), m)),
             }
         }
+        if let Some(p) = &cfg.path_separated_prefix {
+            let field = join(at, "path_separated_prefix");
+            match check_plain_path(p) {
+                Ok(()) if p.ends_with('/') => errors.push(ConfigError::new(
+                    field,
+                    "must not end in \"/\" (as in Envoy): \"/admin\" already covers \"/admin/\" and \"/admin/x\"; for the whole API use path_prefix \"/\"",
+                )),
+                Ok(()) => path = Some(PathMatch::PrefixSegment(p.clone())),
+                Err(m) => errors.push(ConfigError::new(field, m)),
+            }
+        }
         if let Some(t) = &cfg.path_template {
             let field = join(at, "path_template");
             match compile_template(t) {
@@ -385,12 +471,18 @@ impl CompiledMatch {
         }
 
         let methods = cfg.methods.as_ref().map(|ms| {
-            compile_methods(
+            let mut methods = compile_methods(
                 ms,
                 &join(at, "methods"),
                 "omit the field to match every method",
                 &mut errors,
-            )
+            );
+            // Frameworks answer HEAD with the GET handler: a GET route that missed HEAD would
+            // let HEAD fall through to a weaker route while the upstream runs the GET handler.
+            if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                methods.push("HEAD".to_string());
+            }
+            methods
         });
         let hosts = cfg
             .hosts
@@ -418,7 +510,7 @@ impl CompiledMatch {
     /// (An `owner` rule may only name one of them.)
     pub fn template_param_names(&self) -> Vec<String> {
         match &self.path {
-            PathMatch::Template { segments, .. } => segments
+            PathMatch::Template { segments } => segments
                 .iter()
                 .filter_map(|s| match s {
                     Segment::Param(name) => Some(name.clone()),
@@ -444,7 +536,8 @@ impl CompiledMatch {
             }
         }
         match &self.path {
-            PathMatch::Exact(p) => (path == p).then(PathParams::default),
+            PathMatch::Exact(p) => (without_trailing_slash(path) == without_trailing_slash(p))
+                .then(PathParams::default),
             PathMatch::PrefixSlash(p) => path.starts_with(p.as_str()).then(PathParams::default),
             PathMatch::PrefixSegment(p) => match path.strip_prefix(p.as_str()) {
                 Some(rest) if rest.is_empty() || rest.starts_with('/') => {
@@ -452,11 +545,56 @@ impl CompiledMatch {
                 }
                 _ => None,
             },
-            PathMatch::Template {
-                segments,
-                trailing_slash,
-            } => match_template(segments, *trailing_slash, path),
+            PathMatch::Template { segments } => match_template(segments, path),
         }
+    }
+
+    /// Whether a literal of this match (its path or a template's literal segments) has an
+    /// upper-case ASCII letter.
+    pub fn has_upper_case(&self) -> bool {
+        let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
+        match &self.path {
+            PathMatch::Exact(p) | PathMatch::PrefixSlash(p) | PathMatch::PrefixSegment(p) => {
+                upper(p)
+            }
+            PathMatch::Template { segments } => segments.iter().any(|s| match s {
+                Segment::Literal(l) => upper(l),
+                Segment::Param(_) => false,
+            }),
+        }
+    }
+
+    /// The same match with its literals in ASCII lower case: how an upstream that routes
+    /// case-insensitively (Express by default, IIS, ASP.NET) reads it, given a lower-cased path.
+    pub fn to_lower_case(&self) -> CompiledMatch {
+        let lower = |s: &String| s.to_ascii_lowercase();
+        let path = match &self.path {
+            PathMatch::Exact(p) => PathMatch::Exact(lower(p)),
+            PathMatch::PrefixSlash(p) => PathMatch::PrefixSlash(lower(p)),
+            PathMatch::PrefixSegment(p) => PathMatch::PrefixSegment(lower(p)),
+            PathMatch::Template { segments } => PathMatch::Template {
+                segments: segments
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Literal(l) => Segment::Literal(lower(l)),
+                        Segment::Param(name) => Segment::Param(name.clone()),
+                    })
+                    .collect(),
+            },
+        };
+        CompiledMatch {
+            path,
+            methods: self.methods.clone(),
+            hosts: self.hosts.clone(),
+        }
+    }
+}
+
+/// `path` without one trailing `/` (the root stays `/`).
+fn without_trailing_slash(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => path,
     }
 }
 
@@ -562,23 +700,12 @@ fn compile_template(t: &str) -> Result<PathMatch, Vec<String>> {
         }
         Ok(_) => {}
     }
-    Ok(PathMatch::Template {
-        segments,
-        trailing_slash,
-    })
+    Ok(PathMatch::Template { segments })
 }
 
-fn match_template(segments: &[Segment], trailing_slash: bool, path: &str) -> Option<PathParams> {
+fn match_template(segments: &[Segment], path: &str) -> Option<PathParams> {
     let rest = path.strip_prefix('/')?;
-    let has_trailing = !rest.is_empty() && rest.ends_with('/');
-    if has_trailing != trailing_slash {
-        return None;
-    }
-    let body = if has_trailing {
-        rest.strip_suffix('/')?
-    } else {
-        rest
-    };
+    let body = rest.strip_suffix('/').unwrap_or(rest);
     if segments.is_empty() {
         return body.is_empty().then(PathParams::default);
     }
@@ -800,9 +927,9 @@ mod tests {
         ("/", "/", None, false),
         ("/a/b", "/a/b", None, false),
         ("/a/b/", "/a/b/", None, false),
-        ("/a/b..c/...", "/a/b..c/...", None, false),
+        ("/a/b..c/.x", "/a/b..c/.x", None, false),
         ("/.well-known/x", "/.well-known/x", None, false),
-        ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;=", None, false),
+        ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,=", None, false),
         // dot segments
         ("/a/./b", "/a/b", None, true),
         ("/a/../b", "/b", None, true),
@@ -826,18 +953,13 @@ mod tests {
         // unreserved escapes decoded
         ("/%7euser", "/~user", None, true),
         ("/%7Euser", "/~user", None, true),
-        ("/%41%7a%30%2D%5f%2E", "/Az0-_.", None, true),
+        ("/%41%7a%30%2D%5f%2E%7E", "/Az0-_.~", None, true),
         // other escapes kept, hex upper-cased
         ("/a%3Ab", "/a%3Ab", None, false),
         ("/a%3ab", "/a%3Ab", None, true),
         ("/a%C3%a9", "/a%C3%A9", None, true),
         ("/a%20b", "/a%20b", None, false),
-        ("/a%0A", "/a%0A", None, false),
-        // decoding happens once
-        ("/%25", "/%25", None, false),
-        ("/%252e%252e/x", "/%252e%252e/x", None, false),
-        ("/%252f", "/%252f", None, false),
-        ("/a/%252E%252E/b", "/a/%252E%252E/b", None, false),
+        ("/%E2%82%AC", "/%E2%82%AC", None, false),
         // bytes not allowed raw in a path are percent-encoded
         ("/caf\u{e9}", "/caf%C3%A9", None, true),
         ("/a{b}", "/a%7Bb%7D", None, true),
@@ -854,9 +976,11 @@ mod tests {
         ("/a?b?c", "/a", Some("b?c"), false),
         ("/a%3a?q=%3a", "/a%3A", Some("q=%3a"), true),
         ("/?x=caf\u{e9}", "/", Some("x=caf\u{e9}"), false),
-        // dots that are not whole segments, and params on normal segments
-        ("/a/..x;/b", "/a/..x;/b", None, false),
-        ("/a;x/b", "/a;x/b", None, false),
+        // dots that are not whole segments
+        ("/a/..x/b", "/a/..x/b", None, false),
+        ("/a/x..y", "/a/x..y", None, false),
+        // a query may hold anything a path may not
+        ("/a?x=;%25%2e.", "/a", Some("x=;%25%2e."), false),
     ];
 
     const REJECTED: &[(&str, PathError)] = &[
@@ -875,11 +999,38 @@ mod tests {
         ("/%2e%2e", PathError::DotSegmentEscapesRoot),
         ("/a/%2E%2E/%2E%2E/..", PathError::DotSegmentEscapesRoot),
         ("//../a", PathError::DotSegmentEscapesRoot),
-        // dot segments with servlet path parameters
-        ("/a/..;/admin", PathError::DotSegmentWithParameter),
-        ("/a/..;x=1/admin", PathError::DotSegmentWithParameter),
-        ("/a/.;x/b", PathError::DotSegmentWithParameter),
-        ("/a/%2e%2e;x/b", PathError::DotSegmentWithParameter),
+        // servlet path parameters, raw or encoded, alone or next to dot segments
+        ("/admin;x=1/x", PathError::PathParameter),
+        ("/a;x/b", PathError::PathParameter),
+        ("/a/..;/admin", PathError::PathParameter),
+        ("/a/..;x=1/admin", PathError::PathParameter),
+        ("/a/.;x/b", PathError::PathParameter),
+        ("/a/%2e%2e;x/b", PathError::PathParameter),
+        ("/;/admin", PathError::PathParameter),
+        ("/users/bob/documents;x", PathError::PathParameter),
+        ("/admin%3Bx=1/x", PathError::EncodedSemicolon),
+        ("/admin%3bx/x", PathError::EncodedSemicolon),
+        ("/a/..%3B/admin", PathError::EncodedSemicolon),
+        // segments IIS shortens
+        ("/admin./x", PathError::TrailingDotOrSpace),
+        ("/admin%2e/x", PathError::TrailingDotOrSpace),
+        ("/admin%2E", PathError::TrailingDotOrSpace),
+        ("/admin.../x", PathError::TrailingDotOrSpace),
+        ("/a/...", PathError::TrailingDotOrSpace),
+        ("/admin%20/x", PathError::TrailingDotOrSpace),
+        // double decoding, control characters and over-long forms after one decoding
+        ("/%25", PathError::EncodedPercent),
+        ("/%252e%252e/x", PathError::EncodedPercent),
+        ("/%252f", PathError::EncodedPercent),
+        ("/a%0A", PathError::EncodedControlCharacter),
+        ("/a%0d%0aSet-Cookie:x", PathError::EncodedControlCharacter),
+        ("/a%1f", PathError::EncodedControlCharacter),
+        ("/a%7F", PathError::EncodedControlCharacter),
+        ("/a%C0%AE%C0%AE/admin", PathError::EncodedInvalidUtf8),
+        ("/%E0%80%AE", PathError::EncodedInvalidUtf8),
+        ("/a%FF", PathError::EncodedInvalidUtf8),
+        ("/a%C3", PathError::EncodedInvalidUtf8),
+        ("/a%C3/%A9", PathError::EncodedInvalidUtf8),
         // encoded separators and NUL
         ("/admin%2Fx", PathError::EncodedSlash),
         ("/admin%2fx", PathError::EncodedSlash),
@@ -981,10 +1132,8 @@ mod tests {
             (PathError::EncodedBackslash, "encoded backslash"),
             (PathError::EncodedNul, "encoded NUL"),
             (PathError::DotSegmentEscapesRoot, "dot segment escapes root"),
-            (
-                PathError::DotSegmentWithParameter,
-                "dot segment with path parameter",
-            ),
+            (PathError::PathParameter, "path parameter (;)"),
+            (PathError::EncodedSemicolon, "encoded semicolon"),
         ];
         for (e, want) in cases {
             assert_eq!(e.reason(), want);
@@ -1048,15 +1197,15 @@ mod tests {
         let cases: &[(&str, (String, String))] = &[
             (
                 r#"{}"#,
-                s(AT, "one of path_exact, path_prefix or path_template is required"),
+                s(AT, "one of path_exact, path_prefix, path_separated_prefix or path_template is required"),
             ),
             (
                 r#"{"methods":["GET"]}"#,
-                s(AT, "one of path_exact, path_prefix or path_template is required"),
+                s(AT, "one of path_exact, path_prefix, path_separated_prefix or path_template is required"),
             ),
             (
                 r#"{"path_exact":"/a","path_prefix":"/b"}"#,
-                s(AT, "only one of path_exact, path_prefix or path_template may be set, found path_exact and path_prefix"),
+                s(AT, "only one of path_exact, path_prefix, path_separated_prefix or path_template may be set, found path_exact and path_prefix"),
             ),
             (
                 r#"{"path_exact":"a"}"#,
@@ -1379,10 +1528,12 @@ mod tests {
     fn path_matching() {
         let cases: &[(&str, &str, bool)] = &[
             (r#"{"path_exact":"/a"}"#, "/a", true),
-            (r#"{"path_exact":"/a"}"#, "/a/", false),
+            // a trailing slash is the same resource to Express and Spring 5: never a fall-through
+            (r#"{"path_exact":"/a"}"#, "/a/", true),
             (r#"{"path_exact":"/a"}"#, "/ab", false),
             (r#"{"path_exact":"/a"}"#, "/A", false),
-            (r#"{"path_exact":"/a/"}"#, "/a", false),
+            (r#"{"path_exact":"/a/"}"#, "/a", true),
+            (r#"{"path_exact":"/a"}"#, "/a//", false),
             (r#"{"path_exact":"/"}"#, "/", true),
             (r#"{"path_exact":"/"}"#, "/a", false),
             // prefix without trailing slash: segment boundary only
@@ -1405,14 +1556,29 @@ mod tests {
             (r#"{"path_template":"/"}"#, "/", true),
             (r#"{"path_template":"/"}"#, "/a", false),
             (r#"{"path_template":"/users/{id}"}"#, "/users/1", true),
-            (r#"{"path_template":"/users/{id}"}"#, "/users/1/", false),
+            (r#"{"path_template":"/users/{id}"}"#, "/users/1/", true),
             (r#"{"path_template":"/users/{id}"}"#, "/users/", false),
             (r#"{"path_template":"/users/{id}"}"#, "/users", false),
             (r#"{"path_template":"/users/{id}"}"#, "/users/1/x", false),
             (r#"{"path_template":"/users/{id}"}"#, "/Users/1", false),
             (r#"{"path_template":"/users/{id}"}"#, "/", false),
             (r#"{"path_template":"/users/{id}/"}"#, "/users/1/", true),
-            (r#"{"path_template":"/users/{id}/"}"#, "/users/1", false),
+            (r#"{"path_template":"/users/{id}/"}"#, "/users/1", true),
+            (
+                r#"{"path_template":"/users/{id}/documents"}"#,
+                "/users/bob/documents/",
+                true,
+            ),
+            // path_separated_prefix: Envoy's segment-boundary prefix
+            (r#"{"path_separated_prefix":"/admin"}"#, "/admin", true),
+            (r#"{"path_separated_prefix":"/admin"}"#, "/admin/", true),
+            (r#"{"path_separated_prefix":"/admin"}"#, "/admin/x", true),
+            (
+                r#"{"path_separated_prefix":"/admin"}"#,
+                "/administrator",
+                false,
+            ),
+            (r#"{"path_separated_prefix":"/admin"}"#, "/admi", false),
             (r#"{"path_template":"/{a}/{b}"}"#, "/x/y", true),
             (r#"{"path_template":"/{a}/{b}"}"#, "/x", false),
             (r#"{"path_template":"/{a}/{b}"}"#, "/x/y/z", false),
@@ -1471,6 +1637,63 @@ mod tests {
             .is_empty());
     }
 
+    /// `firewall.path_parameters: strip` reads paths as Tomcat and Spring do: `;...` is cut
+    /// out of each raw segment before dot segments are resolved, and the forwarded path has
+    /// none left. `%3B` is still refused: containers do not cut it, Spring refuses it.
+    #[test]
+    fn path_parameters_stripped_as_servlet_containers_do() {
+        let cases = [
+            ("/admin;x=1/x", "/admin/x"),
+            ("/users/bob;v=2/documents", "/users/bob/documents"),
+            ("/users/bob/documents;x", "/users/bob/documents"),
+            ("/;x/admin", "/admin"),
+            ("/public/..;x=1/admin", "/admin"),
+            ("/a/.;x/b", "/a/b"),
+            ("/a;b;c/d?q=;", "/a/d"),
+        ];
+        for (raw, want) in cases {
+            let n = normalize_path_with(raw, PathParameters::Strip)
+                .unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            assert_eq!(n.path, want, "{raw:?}");
+            assert!(n.changed, "{raw:?}");
+            assert!(!n
+                .to_request_path()
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .contains(';'));
+        }
+        for (raw, err) in [
+            ("/admin%3Bx/x", PathError::EncodedSemicolon),
+            ("/..;x/admin", PathError::DotSegmentEscapesRoot),
+            ("/admin.;x/y", PathError::TrailingDotOrSpace),
+        ] {
+            assert_eq!(
+                normalize_path_with(raw, PathParameters::Strip),
+                Err(err),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_get_route_also_answers_head() {
+        let get = compiled(r#"{"path_prefix":"/","methods":["GET"]}"#);
+        assert!(get.matches("HEAD", "", "/x").is_some());
+        let post = compiled(r#"{"path_prefix":"/","methods":["POST"]}"#);
+        assert!(post.matches("HEAD", "", "/x").is_none());
+    }
+
+    #[test]
+    fn path_separated_prefix_may_not_end_in_a_slash() {
+        let errors =
+            CompiledMatch::compile(&cfg_json(r#"{"path_separated_prefix":"/admin/"}"#), AT)
+                .err()
+                .unwrap_or_default();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "routes[2].match.path_separated_prefix");
+    }
+
     /// Matching runs on normalised paths: traversal tricks cannot reach a route's path
     /// without also being matched by it.
     #[test]
@@ -1481,7 +1704,7 @@ mod tests {
             ("/public/../admin/x", true),
             ("/public/%2e%2e/admin", true),
             ("/%61dmin", true),
-            ("/admin%2e", false),
+            ("/%41dmin", false),
             ("/adminx", false),
         ];
         for (raw, want) in cases {

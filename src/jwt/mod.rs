@@ -479,18 +479,40 @@ fn claim_failure(refusal: ClaimRefusal) -> JwtFailure {
 }
 
 /// A claim as a header value: strings as they are, arrays joined with commas, other values as
-/// JSON. `None` when the result could smuggle a header (control characters) or is too long.
+/// JSON. A comma inside a value would read as a separator (the role `"viewer,admin"` as two
+/// roles), so every value has `%` and `,` percent-encoded (`viewer%2Cadmin`): a comma in the
+/// header always separates array items, and `%XX` decoding gives back the claim's text.
+/// `None` when the result could smuggle a header (control characters) or is too long.
 pub fn render_claim(value: &Value) -> Option<String> {
-    fn scalar(value: &Value) -> String {
-        match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+    fn push_scalar(out: &mut String, value: &Value) {
+        let text;
+        let text = match value {
+            Value::String(s) => s.as_str(),
+            other => {
+                text = other.to_string();
+                text.as_str()
+            }
+        };
+        for c in text.chars() {
+            match c {
+                '%' => out.push_str("%25"),
+                ',' => out.push_str("%2C"),
+                c => out.push(c),
+            }
         }
     }
-    let rendered = match value {
-        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(","),
-        other => scalar(other),
-    };
+    let mut rendered = String::new();
+    match value {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    rendered.push(',');
+                }
+                push_scalar(&mut rendered, item);
+            }
+        }
+        other => push_scalar(&mut rendered, other),
+    }
     let safe = rendered.len() <= 4096
         && rendered
             .bytes()
