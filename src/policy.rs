@@ -548,6 +548,7 @@ impl Policy {
                 "no route matches",
             ));
         };
+        work.route = Some(route_index);
         if let Some(other) = self.case_insensitive_route(head, &normalized.path) {
             if other != Some(route_index) {
                 // Express, IIS and ASP.NET ignore case: they would run another route's handler.
@@ -558,7 +559,6 @@ impl Policy {
                 ));
             }
         }
-        work.route = Some(route_index);
         let route = self.routes.get(route_index).ok_or_else(|| {
             Refusal::new(
                 LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
