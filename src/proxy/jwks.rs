@@ -8,13 +8,15 @@
 //!   while the VM starts.
 //! - `set_tick_period` always sets the root's timer (also when called for a request), and
 //!   setting it re-arms the timer: it is set only when the wanted period changes, or a busy
-//!   worker would keep postponing its own tick.
+//!   worker would keep postponing its own tick. The timer is shared with the body-wait table
+//!   (see `tick`): this driver says which period it wants, and runs only when that has elapsed.
 //! - `set_effective_context(id)` lets the root act for a request: header changes,
 //!   `resume_http_request` and `send_http_response` then apply to that request. Envoy defers
 //!   the resume and the local reply until the root's callback returns, so nothing re-enters.
 //!   A request that ended meanwhile has no context any more: the call fails and the root skips
 //!   it (its state is gone too: the root only holds a `Weak`).
 
+use super::tick::{TickUser, Ticker};
 use super::{decide_with_env, log, now_ms, HostSharedData, HttpState, Shared};
 use crate::jwt::remote::{
     self, Claim, FetchReport, FetchState, HttpReply, RemoteKeys, WaitTicket, MAX_JWKS_BYTES,
@@ -23,8 +25,8 @@ use crate::policy::Policy;
 use crate::request::RequestHead;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
-use std::cell::{Cell, Ref, RefCell};
-use std::rc::Weak;
+use std::cell::{Ref, RefCell};
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 /// While requests wait or a fetch is in flight: how soon a waiting request sees new keys.
@@ -72,12 +74,12 @@ pub(super) struct RemoteJwksDriver {
     fetches: RefCell<Vec<InFlightFetch>>,
     /// This VM's name in the fetch lease.
     lease_owner: u64,
-    /// The tick period last set (0: none).
-    tick_ms: Cell<u64>,
+    /// The root's timer, shared with the body-wait table.
+    ticker: Rc<Ticker>,
 }
 
 impl RemoteJwksDriver {
-    pub(super) fn new(policy: &Policy) -> RemoteJwksDriver {
+    pub(super) fn new(policy: &Policy, ticker: Rc<Ticker>) -> RemoteJwksDriver {
         let providers = policy
             .jwt
             .as_ref()
@@ -103,7 +105,7 @@ impl RemoteJwksDriver {
             waiting: RefCell::new(Vec::new()),
             fetches: RefCell::new(Vec::new()),
             lease_owner,
-            tick_ms: Cell::new(0),
+            ticker,
         }
     }
 
@@ -121,11 +123,7 @@ impl RemoteJwksDriver {
     }
 
     fn set_tick(&self, period_ms: u64) {
-        if self.tick_ms.get() != period_ms
-            && hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok()
-        {
-            self.tick_ms.set(period_ms);
-        }
+        self.ticker.want(TickUser::Jwks, period_ms);
     }
 
     fn adjust_tick(&self) {
@@ -474,6 +472,9 @@ impl HttpState {
         let Some(shared) = self.shared.clone() else {
             return self.fail_closed("the plugin configuration was refused");
         };
+        if !end_of_stream {
+            self.note_total_size_at_headers();
+        }
         self.held_for_keys = Some(HeldForKeys {
             head,
             headers_end_stream: end_of_stream,
@@ -525,9 +526,10 @@ impl HttpState {
     /// held for a check (webhook, body_schema) has no data callback with `end_of_stream` in that
     /// case: it is complete now and is checked now.
     pub(super) fn on_http_request_trailers(&mut self) -> Action {
+        self.body_callback_came();
         if self.held.is_some() {
             // The host clamps the length to what it has buffered.
-            return self.check_held_body(usize::MAX);
+            return self.finish_held_body(usize::MAX);
         }
         let Some(held) = &self.held_for_keys else {
             return Action::Continue;
@@ -563,7 +565,7 @@ impl HttpState {
             // The route checks the body. If the request ended while it waited, the body came
             // and went: check the copy. Otherwise the body callbacks bring the rest.
             return match (held.ended, held.complete_body) {
-                (true, Some(body)) => self.check_held_body_bytes(&body),
+                (true, Some(body)) => self.check_held_body_bytes(Some(&body)),
                 (true, None) => self.fail_closed("the request body could not be read"),
                 (false, _) => action,
             };

@@ -5,8 +5,10 @@
 //! unwrap host errors, and under `panic = "abort"` a panic kills the worker's VM for every
 //! request it carries. A host error on the request path becomes a fail-closed 503 instead.
 
+mod body_hold;
 mod host_headers;
 mod jwks;
+mod tick;
 
 use crate::body_limit::BodyCounter;
 use crate::config;
@@ -173,6 +175,12 @@ struct Shared {
     event_budget: RefCell<EventBudget>,
     /// Remote JWKS: this VM's key sets, its fetches, the requests waiting for keys.
     remote_jwks: jwks::RemoteJwksDriver,
+    /// The root's timer (remote JWKS and the body-wait table).
+    ticker: Rc<tick::Ticker>,
+    /// The bytes of the bodies this worker holds for a check.
+    held_budget: Rc<body_hold::HeldBudget>,
+    /// Requests paused on their headers until their first body callback.
+    body_waits: body_hold::BodyWaits,
 }
 
 struct ApiGuardRoot {
@@ -270,7 +278,8 @@ impl RootContext for ApiGuardRoot {
                 verifier.name()
             ),
         );
-        let remote_jwks = jwks::RemoteJwksDriver::new(&policy);
+        let ticker = Rc::new(tick::Ticker::default());
+        let remote_jwks = jwks::RemoteJwksDriver::new(&policy, Rc::clone(&ticker));
         // Remote key sets are fetched from the timer only, never here: the first tick comes
         // once the VM has started.
         remote_jwks.start();
@@ -281,14 +290,23 @@ impl RootContext for ApiGuardRoot {
             event_budget: RefCell::new(EventBudget::new(policy.events.max_per_second)),
             policy,
             remote_jwks,
+            ticker,
+            held_budget: Rc::new(body_hold::HeldBudget::new(
+                body_hold::MAX_HELD_BODY_BYTES_PER_WORKER,
+            )),
+            body_waits: body_hold::BodyWaits::default(),
         }));
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
+        let (Some(shared), Ok(now)) = (&self.shared, now_ms()) else {
+            return;
+        };
+        if shared.ticker.due(tick::TickUser::Jwks, now) {
             jwks::on_tick(shared, self.context_id);
         }
+        body_hold::on_tick(shared, self.context_id, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -313,6 +331,8 @@ struct HeldBody {
     head: RequestHead,
     forward: Forward,
     check: BodyCheck,
+    /// The body so far, taken out of Envoy's buffer (see `body_hold`).
+    taken: body_hold::BodyStore,
 }
 
 /// An upstream or Envoy error body being replaced by the envelope as it streams.
@@ -380,6 +400,12 @@ struct HttpState {
     self_ref: Weak<RefCell<HttpState>>,
     /// The request while it waits for a remote key set.
     held_for_keys: Option<jwks::HeldForKeys>,
+    /// A body or trailers callback came: Envoy hands this filter the body.
+    body_seen: bool,
+    /// Registered in the root's table of requests waiting for their first body callback.
+    watched_for_body: bool,
+    /// `request.total_size` when a request paused on its headers to wait for keys.
+    total_size_at_headers: Option<u64>,
 }
 
 impl HttpState {
@@ -462,6 +488,9 @@ impl HttpState {
                         return self
                             .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
                     }
+                    if let Err(why) = Self::restore_held_body(&held) {
+                        return self.fail_closed(&why);
+                    }
                 }
                 if let Err(status) = Self::apply_forward(&forward) {
                     return self
@@ -482,38 +511,39 @@ impl HttpState {
                 let Some(head) = head else {
                     return self.fail_closed("body check without a request head");
                 };
+                let Some(shared) = self.shared.clone() else {
+                    return self.fail_closed("the plugin configuration was refused");
+                };
                 self.held = Some(HeldBody {
                     head,
                     forward,
+                    taken: body_hold::BodyStore::new(
+                        Rc::clone(&shared.held_budget),
+                        check.max_bytes,
+                    ),
                     check,
                 });
                 if end_of_stream {
-                    self.check_held_body(0)
+                    self.finish_held_body(0)
                 } else {
-                    // Headers wait with the body until the whole body has been checked.
+                    // Headers wait with the body until the whole body has been checked; the
+                    // root answers if the body callbacks never come.
+                    self.watch_for_body_callbacks();
                     Action::Pause
                 }
             }
         }
     }
 
-    fn check_held_body(&mut self, body_size: usize) -> Action {
-        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-            Ok(body) => body.unwrap_or_default(),
-            Err(status) => {
-                return self.fail_closed(&format!("cannot read the request body: {status:?}"))
-            }
-        };
-        self.check_held_body_bytes(&body)
-    }
-
-    fn check_held_body_bytes(&mut self, body: &[u8]) -> Action {
+    /// Checks the held body: `body`, or the copy the held body keeps.
+    fn check_held_body_bytes(&mut self, body: Option<&[u8]>) -> Action {
         let Some(shared) = self.shared.clone() else {
             return self.fail_closed("the plugin configuration was refused");
         };
         let Some(held) = &self.held else {
             return Action::Continue;
         };
+        let body = body.unwrap_or(held.taken.bytes());
         let decided = decide_with_env(&shared, false, |env| {
             shared.policy.check_body(&held.head, &held.check, body, env)
         });
@@ -556,48 +586,57 @@ impl HttpState {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.body_callback_came();
         if self.held_for_keys.is_some() {
             return self.body_while_held_for_keys(body_size, end_of_stream);
         }
-        let over_limit = match (&self.held, &mut self.body_counter) {
-            (Some(held), _) => body_size as u64 > held.check.max_bytes,
-            (None, Some(counter)) => counter.add(body_size),
-            (None, None) => false,
-        };
-        if over_limit {
-            let held = self.held.take();
-            self.body_counter = None;
-            let Some(shared) = self.shared.clone() else {
-                return self.fail_closed("no policy");
-            };
-            self.fill_event_client();
-            let (event, reply) = shared.policy.body_too_large(&self.response);
-            log_event(&shared, &event);
-            if let Some(reply) = reply {
-                return self.send_reply(&reply);
-            }
-            // Report mode: let the request go on as it would have.
-            if let Some(held) = held {
-                if let Err(status) = Self::apply_forward(&held.forward) {
-                    return self
-                        .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
-                }
-            }
-        }
         if self.held.is_some() {
-            if !end_of_stream {
-                // Buffer: the body is checked whole, and nothing goes upstream before that.
-                return Action::Pause;
+            // The body is checked whole, and nothing goes upstream before that.
+            return self.held_body_chunk(body_size, end_of_stream);
+        }
+        let over_limit = self
+            .body_counter
+            .as_mut()
+            .is_some_and(|counter| counter.add(body_size));
+        if over_limit {
+            return self.refuse_body_too_large(None);
+        }
+        Action::Continue
+    }
+
+    /// A body over the route's bound: 413 (the held body, if any, is dropped). In report mode
+    /// the request goes on as it would have, a held body put back first.
+    fn refuse_body_too_large(&mut self, held: Option<HeldBody>) -> Action {
+        self.body_counter = None;
+        let Some(shared) = self.shared.clone() else {
+            return self.fail_closed("no policy");
+        };
+        self.fill_event_client();
+        let (event, reply) = shared.policy.body_too_large(&self.response);
+        log_event(&shared, &event);
+        if let Some(reply) = reply {
+            return self.send_reply(&reply);
+        }
+        if let Some(held) = held {
+            if let Err(status) = Self::apply_forward(&held.forward) {
+                return self.fail_closed(&format!("cannot rewrite request headers: {status:?}"));
             }
-            return self.check_held_body(body_size);
+            if let Err(why) = Self::restore_held_body(&held) {
+                return self.fail_closed(&why);
+            }
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.sent_local_reply {
-            // The filter's own reply already carries every header it needs (see `send`).
-            return Action::Continue;
+            if self.is_own_reply() {
+                // The filter's own reply already carries every header it needs (see `send`).
+                return Action::Continue;
+            }
+            // Envoy's reply won over the filter's (see `body_hold`): it is Envoy's local reply,
+            // and gets what every other one gets.
+            self.sent_local_reply = false;
         }
         // One read and one write of the whole map: every host call crosses the V8 boundary, and
         // a response gets a dozen headers set or removed.

@@ -311,3 +311,117 @@ pub(crate) fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> io::Re
         });
     }
 }
+
+/// One HTTP/2 request (h2c, prior knowledge) for [`send_h2c`]: a body in several DATA frames,
+/// optionally ending with trailers (which curl cannot send).
+#[derive(Debug, Clone, Default)]
+pub struct H2Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// Each chunk is sent in DATA frames of its own (split to the peer's frame size).
+    pub chunks: Vec<&'a [u8]>,
+    /// A pause after each chunk.
+    pub pause_ms: u64,
+    /// `Some`: the request ends with a trailers HEADERS frame.
+    pub trailers: Option<Vec<(&'a str, &'a str)>>,
+}
+
+/// What came back for an [`H2Request`].
+#[derive(Debug, Clone)]
+pub enum H2Outcome {
+    Response(Response),
+    /// The stream was reset before any response (`Some(code)`), or the connection closed.
+    Reset(Option<u64>),
+}
+
+/// The Python that runs tests/common/h2c.py: `$H2C_PYTHON`, else the project's .venv (which
+/// needs the PyPI package `h2`), else `python3`.
+fn h2c_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("H2C_PYTHON").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let venv = super::crate_root().join(".venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+/// Sends `request` to `127.0.0.1:port` over HTTP/2 cleartext with tests/common/h2c.py (PyPI
+/// `h2`). Panics when the client itself cannot run, with what to install.
+pub fn send_h2c(port: u16, request: &H2Request<'_>) -> H2Outcome {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pairs = |list: &[(&str, &str)]| -> serde_json::Value {
+        list.iter()
+            .map(|(n, v)| serde_json::json!([n, v]))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let spec = serde_json::json!({
+        "port": port,
+        "method": request.method,
+        "path": request.path,
+        "headers": pairs(&request.headers),
+        "chunks_b64": request.chunks.iter().map(|c| b64.encode(c)).collect::<Vec<_>>(),
+        "pause_ms": request.pause_ms,
+        "trailers": request.trailers.as_ref().map(|t| pairs(t)),
+    });
+    let python = h2c_python();
+    let script = super::crate_root().join("tests/common/h2c.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(spec.to_string().as_bytes())
+            .expect("write the request to h2c.py");
+    }
+    let output = child.wait_with_output().expect("h2c.py output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("No module named 'h2'") {
+        panic!(
+            "the HTTP/2 test client needs the PyPI package h2 in {}: run `{} -m pip install h2==4.4.1` (or set H2C_PYTHON)",
+            python.display(),
+            python.display()
+        );
+    }
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("h2c.py printed no result ({e}): stdout {stdout:?}, stderr {stderr:?}")
+    });
+    if let Some(error) = result.get("error") {
+        panic!("h2c.py failed: {error}");
+    }
+    let Some(status) = result.get("status").and_then(|s| s.as_u64()) else {
+        return H2Outcome::Reset(result.get("reset").and_then(|r| r.as_u64()));
+    };
+    let headers = result["headers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|pair| {
+                    (
+                        pair[0].as_str().unwrap_or_default().to_ascii_lowercase(),
+                        pair[1].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = b64
+        .decode(result["body_b64"].as_str().unwrap_or_default())
+        .expect("h2c.py body is base64");
+    H2Outcome::Response(Response {
+        status: status as u16,
+        headers,
+        body,
+    })
+}

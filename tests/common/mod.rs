@@ -37,7 +37,7 @@ pub use config::{
     render as render_config, render_with as render_config_with, yaml_quote, ConfigParams,
     RenderExtras,
 };
-pub use http::{send_raw, send_request, Response};
+pub use http::{send_h2c, send_raw, send_request, H2Outcome, H2Request, Response};
 pub use upstream::{RecordedRequest, LEAKY_DETAIL_BODY, RESPONSE_HEADER_REQUEST};
 
 use std::fmt;
@@ -118,6 +118,10 @@ pub struct EnvoyOptions {
     /// The route's upstream timeout (Envoy answers 504 past it); `None` =
     /// 5 s. Pair with the upstream's `/slow/<ms>`.
     pub route_timeout_ms: Option<u64>,
+    /// Render the wasm filter without `allow_on_headers_stop_iteration: true`.
+    pub omit_allow_on_headers_stop_iteration: bool,
+    /// The listener's `per_connection_buffer_limit_bytes`; `None` = Envoy's 1 MiB.
+    pub per_connection_buffer_limit_bytes: Option<u64>,
 }
 
 impl Default for EnvoyOptions {
@@ -128,6 +132,8 @@ impl Default for EnvoyOptions {
             extra_clusters_yaml: None,
             upstream_down: false,
             route_timeout_ms: None,
+            omit_allow_on_headers_stop_iteration: false,
+            per_connection_buffer_limit_bytes: None,
         }
     }
 }
@@ -224,6 +230,8 @@ impl Envoy {
                 },
                 &RenderExtras {
                     route_timeout_ms: opts.route_timeout_ms,
+                    omit_allow_on_headers_stop_iteration: opts.omit_allow_on_headers_stop_iteration,
+                    per_connection_buffer_limit_bytes: opts.per_connection_buffer_limit_bytes,
                 },
             );
             let instance = INSTANCE.fetch_add(1, Ordering::SeqCst);
