@@ -7,7 +7,8 @@
 //!                   [--scope "a b"] [--roles r1,r2] [--ttl SECONDS] [--claim name=json]
 //!   api-guard jwks --key <private jwk file> [--key ...]
 //!
-//! Exit codes: 0 success, 1 `check` found errors, 2 usage or I/O error.
+//! Exit codes: 0 success, 1 `check` found errors, 2 usage or I/O error. Warnings of `check` do
+//! not change the exit code.
 
 // A directory without main.rs, so Cargo does not take it for a binary of its own.
 #[path = "api-guard/check.rs"]
@@ -30,14 +31,20 @@ const USAGE: &str = "usage:
   api-guard check FILE|-
       Validates a plugin configuration with the filter's own validation: a JSON plugin config,
       or an Envoy YAML/JSON config (or Istio WasmPlugin) holding api-guard's configuration.
-      Prints every error with its JSON path. Exit code 0 when valid, 1 on errors.
+      Prints every error with its JSON path, and warnings (lines with \"warning:\") for what the
+      filter accepts but what leaves a gap: a route a trailing slash falls through, and in an
+      Envoy config a connection manager without local_reply_config, without
+      headers_with_underscores_action: REJECT_REQUEST or without a trusted client address, an
+      undefined cluster, body routes Envoy would stall or answer 413 itself.
+      Exit code 0 when valid (warnings or not), 1 on errors.
   api-guard token --key <private JWK file> [--alg ALG] [--iss ISSUER] [--aud AUDIENCE] [--count N]
                   [--sub SUBJECT] [--scope \"a b\"] [--roles r1,r2] [--ttl SECONDS] [--claim name=<json>]
       Signs a test token (for demos and tests; never for production identities).
   api-guard jwks --key <private JWK file> [--key ...]
       Prints the public JWKS for the given private keys, ready for `jwks.inline`.
 
-exit codes: 0 success, 1 configuration errors found by `check`, 2 usage or I/O error";
+exit codes: 0 success, 1 configuration errors found by `check` (warnings alone give 0), 2 usage
+or I/O error";
 
 /// Why a command failed.
 enum Failure {
@@ -326,23 +333,47 @@ fn check_command(args: &[String]) -> Result<(), Failure> {
     let report = check::check(&bytes);
     let mut out = std::io::stdout().lock();
     let write_failed = |e: std::io::Error| Failure::Usage(format!("cannot write: {e}"));
-    if report.findings.is_empty() {
-        writeln!(
-            out,
-            "OK: {display_name}: {} api-guard configuration{} valid",
-            report.configurations,
-            if report.configurations == 1 { "" } else { "s" }
-        )
-        .map_err(write_failed)?;
-        return Ok(());
-    }
+    // Errors first (the lines a failed check is about), then warnings, marked as such.
     for finding in &report.findings {
         writeln!(out, "{display_name}: {finding}").map_err(write_failed)?;
     }
+    for warning in &report.warnings {
+        writeln!(out, "{display_name}: warning: {warning}").map_err(write_failed)?;
+    }
+    let warnings = match report.warnings.len() {
+        0 => String::new(),
+        1 => "1 warning".to_string(),
+        n => format!("{n} warnings"),
+    };
+    if report.findings.is_empty() {
+        writeln!(
+            out,
+            "OK: {display_name}: {} api-guard configuration{} valid{}",
+            report.configurations,
+            if report.configurations == 1 { "" } else { "s" },
+            if warnings.is_empty() {
+                String::new()
+            } else {
+                format!(", {warnings}")
+            }
+        )
+        .map_err(write_failed)?;
+        if !warnings.is_empty() {
+            eprintln!(
+                "api-guard check: {warnings} in {display_name} (warnings do not fail the check)"
+            );
+        }
+        return Ok(());
+    }
     let count = report.findings.len();
     eprintln!(
-        "api-guard check: {count} error{} in {display_name}",
-        if count == 1 { "" } else { "s" }
+        "api-guard check: {count} error{} in {display_name}{}",
+        if count == 1 { "" } else { "s" },
+        if warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", and {warnings}")
+        }
     );
     Err(Failure::Invalid)
 }

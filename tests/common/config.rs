@@ -67,6 +67,37 @@ fn reindent(block: &str, indent: usize) -> String {
 pub struct RenderExtras {
     /// The route's upstream timeout; `None` = 5 s.
     pub route_timeout_ms: Option<u64>,
+    /// Leave `allow_on_headers_stop_iteration: true` out of the wasm filter's config, as every
+    /// Istio `WasmPlugin` does.
+    pub omit_allow_on_headers_stop_iteration: bool,
+    /// The listener's `per_connection_buffer_limit_bytes`; `None` = Envoy's default (1 MiB).
+    pub per_connection_buffer_limit_bytes: Option<u64>,
+}
+
+/// The shipped configuration's own `local_reply_config` block (comments inside it included), cut
+/// out of `envoy/demo.yaml`, at the indentation of the harness's connection manager: Envoy's
+/// codec-level replies get the security headers and the JSON envelope in the tests exactly as in
+/// the demo.
+/// The block is the `local_reply_config:` key of the demo's connection manager (10 spaces in)
+/// and every line below it that is blank or indented deeper.
+pub fn local_reply_config_yaml() -> String {
+    const DEMO: &str = include_str!("../../envoy/demo.yaml");
+    const KEY: &str = "          local_reply_config:";
+    let lines: Vec<&str> = DEMO.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == KEY)
+        .unwrap_or_else(|| panic!("envoy/demo.yaml has no {KEY:?} line"));
+    let mut block = String::new();
+    for line in &lines[start..] {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if !block.is_empty() && !line.trim().is_empty() && indent <= 10 {
+            break;
+        }
+        block.push_str(line);
+        block.push('\n');
+    }
+    block
 }
 
 pub fn render(p: &ConfigParams<'_>) -> String {
@@ -77,6 +108,15 @@ pub fn render(p: &ConfigParams<'_>) -> String {
 pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
     let timeout_ms = extras.route_timeout_ms.unwrap_or(5_000);
     let route_timeout = format!("{}.{:03}s", timeout_ms / 1000, timeout_ms % 1000);
+    let stop_iteration = if extras.omit_allow_on_headers_stop_iteration {
+        "# allow_on_headers_stop_iteration left out (RenderExtras)."
+    } else {
+        "allow_on_headers_stop_iteration: true"
+    };
+    let buffer_limit = extras
+        .per_connection_buffer_limit_bytes
+        .map(|bytes| format!("    per_connection_buffer_limit_bytes: {bytes}\n"))
+        .unwrap_or_default();
     let wasm_filter = match p.plugin {
         None => String::new(),
         Some((json, wasm)) => format!(
@@ -89,8 +129,8 @@ pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
                 # Envoy 1.40: `fail_open` is deprecated; failure_policy replaces it.
                 failure_policy: FAIL_CLOSED
                 # Without it, a filter that holds the headers never sees the body (webhook and
-                # body_schema routes would hang).
-                allow_on_headers_stop_iteration: true
+                # body_schema routes answer 503 after 3 s; RenderExtras can leave it out).
+                {stop_iteration}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {value}
@@ -105,6 +145,7 @@ pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
             filename = yaml_quote(&wasm.to_string_lossy()),
         ),
     };
+    let local_reply = local_reply_config_yaml();
     let extra_clusters = p
         .extra_clusters_yaml
         .map(|y| reindent(y, 2))
@@ -119,7 +160,7 @@ static_resources:
   - name: api_guard_listener
     address:
       socket_address: {{ address: 127.0.0.1, port_value: {listener} }}
-    filter_chains:
+{buffer_limit}    filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
@@ -132,7 +173,7 @@ static_resources:
           # The filter normalises paths itself.
           normalize_path: false
           merge_slashes: false
-          route_config:
+{local_reply}          route_config:
             name: local_route
             virtual_hosts:
             - name: all
