@@ -27,7 +27,7 @@ DRHEADER_VERSION := 2.0.0
 DRHEADER := $(VENV)/bin/drheader
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench clean
+.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 clean
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -83,8 +83,16 @@ validate: envoy
 		"$(ENVOY)" --mode validate -c "$$f" --log-level warn >/dev/null || { "$(ENVOY)" --mode validate -c "$$f"; exit 1; }; \
 	done
 
-test-envoy: build envoy
+# The HTTP/2 body tests (tests/envoy_body_hold.rs) drive Envoy with a small client over PyPI h2.
+H2_VERSION := 4.4.1
+
+test-envoy: build envoy h2
 	cargo test --test '*'
+
+h2:
+	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import h2' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check h2==$(H2_VERSION)
 
 ## chromium: Debian's chromium at $(CHROMIUM) (apt-get when missing)
 chromium:
@@ -127,6 +135,33 @@ bench: build envoy cli
 		--target-dir target/hostcall-floor
 	python3 bench/run.py
 	cargo bench --profile criterion --bench core
+
+## soak: the demo config (envoy/demo.yaml) at saturation for SOAK_SECONDS (default 600) with a mix
+## of valid, refused and malformed requests over HTTP/1.1 (wrk) and HTTP/2 (h2load); reports the
+## filter's own 5xx, Envoy's RSS, dropped security events and live workers in bench/soak-results.md
+SOAK_SECONDS ?= 600
+soak: build envoy cli
+	@{ command -v wrk && command -v h2load; } >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client >/dev/null; } || \
+		{ echo "install wrk and h2load (Debian packages 'wrk', 'nghttp2-client')" >&2; exit 1; }
+	python3 bench/soak/soak.py --seconds $(SOAK_SECONDS)
+
+## fuzz: every libFuzzer target of fuzz/ (cargo-fuzz, nightly) for FUZZ_SECONDS each, one after
+## the other under nice; new coverage goes into fuzz/corpus/<target>/, a crash or broken property
+## stops with its input in fuzz/artifacts/<target>/. `make test` replays the corpora (stable).
+FUZZ_SECONDS ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS ?= config_load jwt_verify route_match path_differential api_key_header webhook_signature \
+	body_schema header_pairs
+fuzz:
+	@cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	cd fuzz && nice -n 19 cargo +nightly fuzz build --sanitizer $(FUZZ_SANITIZER)
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
+		nice -n 19 cargo +nightly fuzz run --sanitizer $(FUZZ_SANITIZER) $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	cargo clean
