@@ -207,11 +207,12 @@ fn post(envoy: &Envoy, path: &str, headers: &[(String, String)], body: &[u8]) ->
         .unwrap_or_else(|e| panic!("POST {path}: no response ({e}). {BODY_HANG_HINT}"))
 }
 
-/// What a request that reads the body hanging most likely means.
-const BODY_HANG_HINT: &str = "If requests with a body hang on webhook / body_schema routes: the \
-filter pauses in on_http_request_headers and waits for on_http_request_body, but Envoy's \
-proxy-wasm host turns a headers `Pause` into StopAllIterationAndWatermark, so the body callback \
-never runs, unless the plugin config sets `allow_on_headers_stop_iteration: true` (Envoy >= 1.35).";
+/// What a 503 (after about 3 s) on a request that reads the body most likely means.
+const BODY_HANG_HINT: &str = "If requests with a body get 503 after about 3 s on webhook / \
+body_schema routes: the filter pauses in on_http_request_headers and waits for \
+on_http_request_body, but Envoy's proxy-wasm host turns a headers `Pause` into \
+StopAllIterationAndWatermark, so the body callback never runs, unless the plugin config sets \
+`allow_on_headers_stop_iteration: true` (Envoy >= 1.35).";
 
 fn hdr(name: &str, value: &str) -> Vec<(String, String)> {
     vec![(name.to_string(), value.to_string())]
