@@ -95,12 +95,40 @@ pub fn load(bytes: &[u8]) -> Result<Policy, Vec<ConfigError>> {
         )]);
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        vec![ConfigError::new(path, e.into_inner().to_string())]
+        vec![ConfigError::new(
+            path,
+            without_quoted_value(&e.into_inner().to_string()),
+        )]
+    })?;
+    // One document and nothing after it: `{..} {..}` is not a configuration.
+    deserializer.end().map_err(|e| {
+        vec![ConfigError::new(
+            "",
+            format!("unexpected bytes after the configuration: {e}"),
+        )]
     })?;
     compile(raw)
+}
+
+/// serde's type errors quote the value they met (`invalid type: string "whsec_..", expected a
+/// sequence`): a secret written where a list was expected would land in Envoy's log. The value
+/// is cut out; the path and the expectation stay.
+fn without_quoted_value(message: &str) -> String {
+    let Some(start) = message.find("string \"") else {
+        return message.to_string();
+    };
+    let value_start = start + "string ".len();
+    let end = message
+        .rfind("\", expected")
+        .filter(|&end| end > value_start)
+        .map(|end| end + 1);
+    match end {
+        Some(end) => format!("{}a string{}", &message[..start], &message[end..]),
+        None => format!("{}a string (value not shown)", &message[..start]),
+    }
 }
 
 /// Collects errors from the compilation of one section, keeping the compiled value when there
@@ -342,6 +370,37 @@ fn compile_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailing_bytes_after_the_document_are_refused() {
+        let one = r#"{"routes": [{"name": "a", "match": {"path_prefix": "/"}, "auth": "none"}]}"#;
+        assert!(load(one.as_bytes()).is_ok());
+        for extra in [" {}", " x", "{}", "\n[]"] {
+            let errors = load(format!("{one}{extra}").as_bytes())
+                .err()
+                .unwrap_or_default();
+            assert_eq!(errors.len(), 1, "{extra:?}");
+            assert!(
+                errors[0].message.contains("after the configuration"),
+                "{errors:?}"
+            );
+        }
+        assert!(load(format!("{one} \n\t").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn type_errors_never_quote_the_value() {
+        let config = r#"{"routes": [{"name": "a", "match": {"path_prefix": "/"}, "auth": "none"}],
+            "webhooks": {"h": {"scheme": "stripe", "secrets": "whsec_notAnArray\"quoted, expected"}}}"#;
+        let errors = load(config.as_bytes()).err().unwrap_or_default();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "webhooks.h.secrets");
+        assert!(!errors[0].message.contains("whsec"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("expected a sequence"),
+            "{errors:?}"
+        );
+    }
 
     fn errors_of(json: &str) -> Vec<String> {
         match load(json.as_bytes()) {

@@ -77,6 +77,10 @@ pub enum PathError {
     EncodedPercent,
     /// Escapes that do not decode to UTF-8 (`%C0%AE` is an over-long `.` to lax decoders).
     EncodedInvalidUtf8,
+    /// A C1 control character (U+0080..U+009F, e.g. NEL `%C2%85`) or a line or paragraph
+    /// separator (U+2028, U+2029), raw or encoded: Spring's `StrictHttpFirewall` refuses them,
+    /// and a decoding upstream sees a line break where the filter saw a letter.
+    UnicodeControlCharacter,
     /// A `..` segment that would climb above the root.
     DotSegmentEscapesRoot,
     /// A raw `;` in the path: Tomcat, Jetty and Spring cut `;...` out of each segment before
@@ -108,6 +112,7 @@ impl PathError {
             PathError::EncodedControlCharacter => "encoded control character",
             PathError::EncodedPercent => "encoded percent sign",
             PathError::EncodedInvalidUtf8 => "escapes that are not UTF-8",
+            PathError::UnicodeControlCharacter => "unicode control or line separator",
             PathError::DotSegmentEscapesRoot => "dot segment escapes root",
             PathError::PathParameter => "path parameter (;)",
             PathError::EncodedSemicolon => "encoded semicolon",
@@ -216,8 +221,9 @@ fn push_pct(out: &mut String, b: u8) {
 fn decode_path(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
-    // The bytes the escapes of a run stand for: an upstream decodes them to text, so they must
-    // be UTF-8 (over-long forms of `.` and `/` are how lax decoders were fooled).
+    // The non-ASCII bytes of a run, escaped or raw: an upstream decodes them to text, so they
+    // must be UTF-8 (over-long forms of `.` and `/` are how lax decoders were fooled) and no
+    // control or line-separator character.
     let mut escaped_run: Vec<u8> = Vec::new();
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -245,7 +251,11 @@ fn decode_path(raw: &str) -> Result<String, PathError> {
             }
             i += 3;
         } else {
-            check_utf8_run(&mut escaped_run)?;
+            if b >= 0x80 {
+                escaped_run.push(b);
+            } else {
+                check_utf8_run(&mut escaped_run)?;
+            }
             if is_raw_path_byte(b) {
                 out.push(char::from(b));
             } else {
@@ -265,13 +275,19 @@ fn check_utf8_run(run: &mut Vec<u8>) -> Result<(), PathError> {
     if run.is_empty() {
         return Ok(());
     }
-    let valid = std::str::from_utf8(run).is_ok();
+    let verdict = match std::str::from_utf8(run) {
+        Err(_) => Err(PathError::EncodedInvalidUtf8),
+        Ok(text)
+            if text
+                .chars()
+                .any(|c| matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}')) =>
+        {
+            Err(PathError::UnicodeControlCharacter)
+        }
+        Ok(_) => Ok(()),
+    };
     run.clear();
-    if valid {
-        Ok(())
-    } else {
-        Err(PathError::EncodedInvalidUtf8)
-    }
+    verdict
 }
 
 /// A segment that Windows path rules (IIS) would shorten: a trailing `.` or space, other than
@@ -1031,6 +1047,11 @@ mod tests {
         ("/a%FF", PathError::EncodedInvalidUtf8),
         ("/a%C3", PathError::EncodedInvalidUtf8),
         ("/a%C3/%A9", PathError::EncodedInvalidUtf8),
+        ("/%C2%85admin", PathError::UnicodeControlCharacter),
+        ("/a\u{85}b", PathError::UnicodeControlCharacter),
+        ("/a%c2%9f", PathError::UnicodeControlCharacter),
+        ("/a%E2%80%A8b", PathError::UnicodeControlCharacter),
+        ("/a\u{2029}", PathError::UnicodeControlCharacter),
         // encoded separators and NUL
         ("/admin%2Fx", PathError::EncodedSlash),
         ("/admin%2fx", PathError::EncodedSlash),
