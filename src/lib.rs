@@ -15,6 +15,8 @@ pub mod credentials;
 pub mod error_rewrite;
 pub mod events;
 pub mod firewall;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod header_pairs;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
