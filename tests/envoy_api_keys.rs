@@ -9,9 +9,9 @@
 
 mod common;
 
-use api_guard::api_keys::key_sha256_hex;
-use api_guard::jwt::alg::Alg;
-use api_guard::mint;
+use api_guard_core::authn::api_keys::key_sha256_hex;
+use api_guard_core::authn::jwt::alg::Alg;
+use api_guard_core::support::mint;
 use common::{assert_refusal, test_key, unix_now, Envoy, Response};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};

@@ -14,11 +14,10 @@
 
 mod common;
 
-use api_guard::reply::{envelope, ErrorCode};
-use api_guard::security_headers::DEFAULT_SET;
+use api_guard_core::response::reply::{envelope, ErrorCode};
+use api_guard_core::response::security_headers::DEFAULT_SET;
 use common::{Envoy, EnvoyOptions, Response, LEAKY_DETAIL_BODY};
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 /// Public routes, an API-key route (no key: the filter's 401), the upstream's `/status/<code>`;
@@ -276,9 +275,7 @@ fn envoy_replies_that_pass_through_the_filter_are_left_to_it() {
 /// are the filter's default security headers.
 #[test]
 fn the_shipped_mappers_write_the_filters_envelope_and_headers() {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/demo.yaml"))
-            .unwrap();
+    let text = std::fs::read_to_string(common::crate_root().join("envoy/demo.yaml")).unwrap();
     let demo: Value = serde_norway::from_str(&text).unwrap();
     let hcm =
         &demo["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];

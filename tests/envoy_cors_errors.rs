@@ -14,8 +14,8 @@
 
 mod common;
 
-use api_guard::jwt::alg::Alg;
-use api_guard::mint;
+use api_guard_core::authn::jwt::alg::Alg;
+use api_guard_core::support::mint;
 use common::{
     test_key, unix_now, Envoy, EnvoyOptions, Response, LEAKY_DETAIL_BODY, RESPONSE_HEADER_REQUEST,
 };

@@ -6,8 +6,8 @@
 
 mod common;
 
-use api_guard::jwt::alg::Alg;
-use api_guard::mint;
+use api_guard_core::authn::jwt::alg::Alg;
+use api_guard_core::support::mint;
 use common::{assert_refusal, test_key, unix_now, Envoy};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -229,12 +229,12 @@ fn jwt_authentication_through_envoy() {
         (
             "alg none",
             {
-                let body = api_guard::jwt::b64url::encode(
+                let body = api_guard_core::authn::jwt::b64url::encode(
                     Value::Object(claims(json!({}))).to_string().as_bytes(),
                 );
                 format!(
                     "{}.{body}.",
-                    api_guard::jwt::b64url::encode(br#"{"alg":"none","typ":"JWT"}"#)
+                    api_guard_core::authn::jwt::b64url::encode(br#"{"alg":"none","typ":"JWT"}"#)
                 )
             },
             "invalid_token",
@@ -244,7 +244,7 @@ fn jwt_authentication_through_envoy() {
             {
                 let good = token("p256", Alg::ES256, json!({ "sub": "alice" }));
                 let parts: Vec<&str> = good.split('.').collect();
-                let forged = api_guard::jwt::b64url::encode(
+                let forged = api_guard_core::authn::jwt::b64url::encode(
                     Value::Object(claims(json!({ "sub": "admin" })))
                         .to_string()
                         .as_bytes(),

@@ -30,8 +30,8 @@
 
 mod common;
 
-use api_guard::jwt::alg::Alg;
-use api_guard::mint;
+use api_guard_core::authn::jwt::alg::Alg;
+use api_guard_core::support::mint;
 use common::{test_key, unix_now, Envoy, EnvoyOptions, Response};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

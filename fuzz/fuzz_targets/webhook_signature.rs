@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| api_guard::fuzz_targets::webhook_signature(data));
+fuzz_target!(|data: &[u8]| api_guard_core::fuzz_targets::webhook_signature(data));

@@ -58,9 +58,11 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-process counter: unique temp dirs and base ids.
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
-/// The crate root (where Cargo.toml is).
+/// The repository root (the workspace's Cargo.toml; this crate is `tests/`): `target/`,
+/// `envoy/`, `.venv/` and `tests/keys/` are found from here.
 pub fn crate_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().map(PathBuf::from).unwrap_or(tests)
 }
 
 /// `$ENVOY` if set, else `<crate root>/.venv/bin/envoy`.

@@ -1,0 +1,134 @@
+//! Parsing a compact JWS into an untrusted token. Nothing here is believed: the header only
+//! selects a key, and the claims only select a provider, until the signature has verified.
+
+use super::alg::Alg;
+use super::b64url;
+use crate::body::strict_json;
+use serde_json::{Map, Value};
+
+/// Tokens longer than this are refused before any parsing (a cheap bound on the work an
+/// attacker can make us do per request).
+pub const MAX_TOKEN_BYTES: usize = 8192;
+const MAX_KID_BYTES: usize = 256;
+
+#[derive(Debug)]
+pub struct JoseHeader {
+    pub alg: Alg,
+    pub kid: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct UntrustedToken<'t> {
+    pub header: JoseHeader,
+    pub claims: Map<String, Value>,
+    /// `base64url(header) "." base64url(payload)`: the bytes the signature covers.
+    pub signing_input: &'t str,
+    pub signature: Vec<u8>,
+}
+
+/// Internal reasons; they go to the security-event log, never to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseRefusal {
+    TooLarge,
+    NotCompactJws,
+    BadBase64,
+    BadJson,
+    AlgNone,
+    UnknownAlg,
+    KeyReferenceInHeader,
+    CriticalHeader,
+    NestedToken,
+    BadKid,
+    ClaimsNotObject,
+}
+
+impl ParseRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            ParseRefusal::TooLarge => "token longer than 8192 bytes",
+            ParseRefusal::NotCompactJws => "not a compact JWS (three base64url parts)",
+            ParseRefusal::BadBase64 => "not canonical base64url",
+            ParseRefusal::BadJson => {
+                "header or claims are not a JSON object without duplicate keys"
+            }
+            ParseRefusal::AlgNone => "alg none refused",
+            ParseRefusal::UnknownAlg => "unsupported or missing alg",
+            ParseRefusal::KeyReferenceInHeader => {
+                "header names a key (jwk/jku/x5u/x5c); only configured keys are used"
+            }
+            ParseRefusal::CriticalHeader => "crit header with extensions we do not understand",
+            ParseRefusal::NestedToken => "nested JWT (cty JWT) refused",
+            ParseRefusal::BadKid => "kid is not a short string",
+            ParseRefusal::ClaimsNotObject => "claims are not a JSON object",
+        }
+    }
+}
+
+pub fn parse(token: &str) -> Result<UntrustedToken<'_>, ParseRefusal> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(ParseRefusal::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseRefusal::NotCompactJws);
+    };
+    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+    let header_bytes = b64url::decode(header_b64).map_err(|_| ParseRefusal::BadBase64)?;
+    let header = parse_header(&header_bytes)?;
+    let payload = b64url::decode(payload_b64).map_err(|_| ParseRefusal::BadBase64)?;
+    let signature = b64url::decode(signature_b64).map_err(|_| ParseRefusal::BadBase64)?;
+    let claims = match strict_json::from_slice(&payload).map_err(|_| ParseRefusal::BadJson)? {
+        Value::Object(claims) => claims,
+        _ => return Err(ParseRefusal::ClaimsNotObject),
+    };
+    Ok(UntrustedToken {
+        header,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+fn parse_header(bytes: &[u8]) -> Result<JoseHeader, ParseRefusal> {
+    let Value::Object(header) =
+        strict_json::from_slice(bytes).map_err(|_| ParseRefusal::BadJson)?
+    else {
+        return Err(ParseRefusal::BadJson);
+    };
+    let alg = match header.get("alg") {
+        Some(Value::String(name)) => {
+            if name.eq_ignore_ascii_case("none") {
+                return Err(ParseRefusal::AlgNone);
+            }
+            Alg::from_name(name).ok_or(ParseRefusal::UnknownAlg)?
+        }
+        _ => return Err(ParseRefusal::UnknownAlg),
+    };
+    // A token that tells us where its key is (an embedded key, or a URL to fetch one from) is an
+    // attempt to choose its own key. A gateway uses only the keys it was configured with.
+    if ["jwk", "jku", "x5u", "x5c"]
+        .iter()
+        .any(|m| header.contains_key(*m))
+    {
+        return Err(ParseRefusal::KeyReferenceInHeader);
+    }
+    // RFC 7515 section 4.1.11: extensions listed in crit must be understood; we understand none.
+    if header.contains_key("crit") {
+        return Err(ParseRefusal::CriticalHeader);
+    }
+    if let Some(Value::String(cty)) = header.get("cty") {
+        if cty.eq_ignore_ascii_case("JWT") {
+            return Err(ParseRefusal::NestedToken);
+        }
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= MAX_KID_BYTES => {
+            Some(kid.clone())
+        }
+        Some(_) => return Err(ParseRefusal::BadKid),
+    };
+    Ok(JoseHeader { alg, kid })
+}

@@ -1,0 +1,5 @@
+//! Who sent the request: JSON Web Tokens ([`jwt`]), API keys ([`api_keys`]), and the credentials
+//! and identity headers a client must not forward unverified ([`credentials`]).
+pub mod api_keys;
+pub mod credentials;
+pub mod jwt;

@@ -1,0 +1,1220 @@
+//! The compiled policy and the per-request decisions. Everything here is host-independent: the
+//! adapter hands in a [`RequestHead`] and a [`RequestEnv`] and carries out the [`Decision`]; for
+//! the response it asks [`Policy::plan_response`] what to change.
+//!
+//! The order of the request checks is part of the security model:
+//! 1. identity headers a client could spoof are always removed, with their `_` twins, and
+//!    method/URL override headers (see [`crate::request::firewall`]);
+//! 2. the path is normalised (the upstream gets the path that was matched), the method must be
+//!    upper case, and a path whose route depends on letter case is refused;
+//! 3. credentials in the URL are refused (they end up in logs everywhere);
+//! 4. CORS preflights are answered (browsers send them without credentials);
+//! 5. the route is matched; the body size is checked by Content-Length;
+//! 6. authentication; its refusals still count against the client's rate limit, so that
+//!    brute force on a login route is throttled;
+//! 7. the rate limit (after authentication, so that the principal is known);
+//! 8. authorization: scopes and roles (403), then the owner rule (404, never 403);
+//! 9. webhook signature and body schema, once the body has arrived.
+//!
+//! Whatever the verdict, every credential the request carries is removed before it goes
+//! upstream, except the verified token of a provider with `forward_token: true`
+//! (see [`crate::authn::credentials`]).
+
+use crate::authn::api_keys::{credentials_in_query, query_has_parameter, ApiKey, ApiKeys};
+use crate::authn::credentials::CredentialLocations;
+use crate::authn::jwt::cache::TokenCache;
+use crate::authn::jwt::remote::{self, RemoteKeys, WaitTicket};
+use crate::authn::jwt::verifier::SignatureVerifier;
+use crate::authn::jwt::{JwtAuth, JwtFailure, KeyNotFound, VerifiedToken, VerifyError};
+use crate::authz::{Identity, OwnerRule, Requirement};
+use crate::body::replay::{replay_key_prefix, SharedReplayTable};
+use crate::body::schema::BodySchema;
+use crate::body::webhook::Webhook;
+use crate::limits::body_limit::content_length_exceeds;
+use crate::limits::rate_limit::{CounterStore, Limiter, RateLimit};
+use crate::request::firewall::{
+    same_after_folding, AmbiguousCase, Firewall, OverrideHeaders, OVERRIDE_QUERY_PARAMETERS,
+};
+use crate::request::head::RequestHead;
+use crate::request::routes::{normalize_path_with, CompiledMatch};
+use crate::response::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS};
+use crate::response::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
+use crate::response::reply::{
+    envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_TOKEN, CHALLENGE_NO_TOKEN,
+};
+use crate::response::security_headers::SecurityHeaders;
+use crate::support::events::SecurityEvent;
+use std::rc::Rc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Every decision is computed and logged; nothing is refused or rewritten.
+    Report,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Jwt,
+    ApiKey,
+    JwtOrApiKey,
+}
+
+/// The header the verified API key's id is forwarded in (and that clients may never send).
+pub const API_KEY_ID_HEADER: &str = "x-api-key-id";
+/// Bodies the filter must read whole (webhooks, schemas) are bounded by this unless the route
+/// sets `max_body_bytes`.
+pub const DEFAULT_BUFFERED_BODY_BYTES: u64 = 1_048_576;
+
+pub struct Route {
+    pub name: String,
+    pub matcher: CompiledMatch,
+    pub auth: Auth,
+    pub require: Option<Requirement>,
+    pub owner: Option<OwnerRule>,
+    /// Index into [`Policy::rate_limits`].
+    pub rate_limit: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    /// Index into [`Policy::webhooks`].
+    pub webhook: Option<usize>,
+    pub body_schema: Option<BodySchema>,
+}
+
+impl Route {
+    fn reads_body(&self) -> bool {
+        self.webhook.is_some() || self.body_schema.is_some()
+    }
+}
+
+pub struct Policy {
+    pub mode: Mode,
+    pub jwt: Option<JwtAuth>,
+    pub api_keys: Option<ApiKeys>,
+    pub routes: Vec<Route>,
+    pub rate_limits: Vec<RateLimit>,
+    pub cors: Option<Cors>,
+    pub security_headers: SecurityHeaders,
+    pub errors: ErrorRewrite,
+    pub webhooks: Vec<Webhook>,
+    /// Headers removed from every request: the ones the filter sets from verified credentials.
+    pub identity_headers: Vec<String>,
+    pub events: crate::support::events::EventsConfig,
+    pub firewall: Firewall,
+    /// Where credentials are read: all are removed before the request goes upstream.
+    pub credentials: CredentialLocations,
+    /// Headers whose `_` twins are removed from every request: the identity and credential
+    /// headers and the override headers.
+    pub twin_guarded_headers: Vec<String>,
+    /// The routes' matches in lower case, for the case-ambiguity check (empty when
+    /// `firewall.ambiguous_case` is `allow`).
+    pub lower_case_matchers: Vec<CompiledMatch>,
+    /// Whether a route literal has an upper-case letter (else an all-lower-case path needs no
+    /// case check).
+    pub routes_have_upper_case: bool,
+}
+
+/// What the host lends the core for one request.
+pub struct RequestEnv<'a> {
+    /// Unix time in milliseconds.
+    pub now_ms: u64,
+    pub verifier: &'a dyn SignatureVerifier,
+    pub token_cache: &'a mut TokenCache,
+    /// Proxy-wasm shared data: rate-limit counters and the webhook replay tables.
+    pub shared: &'a dyn CounterStore,
+    /// `None` when the workers could not agree on a rate-limit seed: rate-limited routes then
+    /// fail closed.
+    pub limiter: Option<&'a Limiter>,
+    /// This VM's remote key sets (empty when no provider is remote).
+    pub remote_keys: &'a RemoteKeys,
+    /// Whether a token whose key is not (yet) in its remote set may make the request wait for
+    /// a refetch. False when a request that waited is decided again: it never waits twice.
+    pub may_wait_for_keys: bool,
+}
+
+impl RequestEnv<'_> {
+    fn now_seconds(&self) -> u64 {
+        self.now_ms / 1000
+    }
+}
+
+/// Changes to make to the request before it goes upstream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub remove_headers: Vec<String>,
+    pub set_headers: Vec<(String, String)>,
+    /// The normalised `:path`, when it differs from what the client sent: the upstream must see
+    /// the path that was matched, or a route could be bypassed.
+    pub set_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow(Forward),
+    Deny(LocalReply),
+    /// A CORS preflight answered by the filter: 204 with these headers.
+    Preflight(Vec<(String, String)>),
+    /// Hold the request until the body has arrived (at most `max_bytes`), then call
+    /// [`Policy::check_body`]; the forward changes apply if that allows.
+    NeedBody {
+        forward: Forward,
+        check: BodyCheck,
+    },
+    /// Hold the request: its token's provider has no key for it yet, and a fetch that may bring
+    /// one is due or in flight. Decide it again (with `may_wait_for_keys: false`) when the
+    /// ticket is settled.
+    WaitForKeys(WaitTicket),
+}
+
+/// What to check once the body is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyCheck {
+    pub route: usize,
+    pub max_bytes: u64,
+}
+
+/// What the response path needs to know about the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseContext {
+    pub request_id: String,
+    /// The request's `Origin`, for the CORS response headers.
+    pub origin: Option<String>,
+    /// Rate-limit headers of the route's limit, for every response on that route.
+    pub rate_limit_headers: Vec<(&'static str, String)>,
+    pub is_head: bool,
+    /// A streaming bound on the request body (413 once exceeded), for routes with
+    /// `max_body_bytes` that do not read the body whole.
+    pub stream_body_limit: Option<u64>,
+    /// Who and what, for events logged on the response path.
+    pub event_base: EventBase,
+}
+
+/// The request facts every security event of a request repeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventBase {
+    pub route: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// Empty when no decision needed it: the adapter asks the host before logging an event.
+    pub client: String,
+    pub principal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The security event to log (refusals, and allows on routes with requirements).
+    pub event: Option<SecurityEvent>,
+    pub response: ResponseContext,
+}
+
+/// A refusal with what its security event needs.
+struct Refusal {
+    reply: LocalReply,
+    reason: String,
+    event: &'static str,
+}
+
+impl Refusal {
+    fn new(reply: LocalReply, event: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reply,
+            reason: reason.into(),
+            event,
+        }
+    }
+}
+
+/// Why authentication did not establish an identity.
+enum AuthStop {
+    Refused(Refusal),
+    WaitForKeys(WaitTicket),
+}
+
+impl From<Refusal> for AuthStop {
+    fn from(refusal: Refusal) -> AuthStop {
+        AuthStop::Refused(refusal)
+    }
+}
+
+/// What authentication established.
+enum Authenticated {
+    Anonymous,
+    Jwt(Rc<VerifiedToken>),
+    ApiKey(usize),
+    Both(Rc<VerifiedToken>, usize),
+}
+
+/// Per-request working state of [`Policy::decide`].
+struct Work<'h> {
+    head: &'h RequestHead,
+    forward: Forward,
+    response: ResponseContext,
+    route: Option<usize>,
+    principal: Option<String>,
+    log_path: String,
+    /// An event for an allowed request (authorization decisions are always logged).
+    allow_event: Option<(&'static str, String)>,
+    /// The JWT source whose token verified, when its provider forwards tokens upstream.
+    kept_credential: Option<usize>,
+}
+
+impl Policy {
+    /// The decision on the request headers.
+    pub fn check_request(&self, head: &RequestHead, env: &mut RequestEnv<'_>) -> Decision {
+        let mut work = Work {
+            head,
+            forward: Forward::default(),
+            response: ResponseContext {
+                request_id: head.request_id.clone(),
+                origin: request_origin(head).map(str::to_owned),
+                is_head: head.method == "HEAD",
+                ..ResponseContext::default()
+            },
+            route: None,
+            principal: None,
+            log_path: String::new(),
+            allow_event: None,
+            kept_credential: None,
+        };
+        self.remove_spoofable_headers(head, &mut work.forward);
+        let outcome = self.decide(&mut work, env);
+        self.conclude(outcome, work)
+    }
+
+    /// Identity headers are the filter's to set: a client that sends its own `x-user-id` or
+    /// `x-api-key-id` is lying, on every route, with or without a credential; so is one that
+    /// sends `x_user_id`, which CGI, WSGI and Rack read as the same variable. Override headers
+    /// would make the upstream act on a method or path the filter never checked.
+    fn remove_spoofable_headers(&self, head: &RequestHead, forward: &mut Forward) {
+        let strip_overrides = self.firewall.override_headers == OverrideHeaders::Strip;
+        for (name, _) in &head.headers {
+            let spoofable = self.identity_headers.iter().any(|h| h == name)
+                || (name.contains('_')
+                    && self
+                        .twin_guarded_headers
+                        .iter()
+                        .any(|h| h != name && same_after_folding(name, h)))
+                || (strip_overrides && Firewall::is_override_header(name));
+            if spoofable && !forward.remove_headers.contains(name) {
+                forward.remove_headers.push(name.clone());
+            }
+        }
+    }
+
+    /// Removes every credential but the verified token of a provider that forwards tokens.
+    fn remove_credentials(&self, head: &RequestHead, kept: Option<usize>, forward: &mut Forward) {
+        let kept = kept.and_then(|i| self.jwt.as_ref()?.sources.get(i));
+        let removal = self.credentials.removal(head, kept);
+        for name in removal.remove_headers {
+            if !forward.remove_headers.contains(&name) {
+                forward.remove_headers.push(name);
+            }
+        }
+        match removal.cookie {
+            None => {}
+            Some(Some(rest)) => forward.set_headers.push(("cookie".into(), rest)),
+            Some(None) => forward.remove_headers.push("cookie".into()),
+        }
+    }
+
+    fn conclude(&self, outcome: Result<Verdict, Refusal>, mut work: Work<'_>) -> Decision {
+        let head = work.head;
+        let kept = work.kept_credential;
+        let outcome = outcome.map(|mut verdict| {
+            if let Verdict::Allow(forward) | Verdict::NeedBody { forward, .. } = &mut verdict {
+                self.remove_credentials(head, kept, forward);
+            }
+            verdict
+        });
+        // The client's address is asked of the host only for an event of this decision (or
+        // when a rate limit needed it already); a later event on the response path has the
+        // adapter fill it in (`EventBase::client` empty).
+        let logs_event = outcome.is_err() || work.allow_event.is_some();
+        let client = if logs_event {
+            Some(work.head.client_ip())
+        } else {
+            work.head.known_client_ip()
+        };
+        work.response.event_base = EventBase {
+            route: work
+                .route
+                .and_then(|r| self.routes.get(r))
+                .map(|r| r.name.clone()),
+            method: work.head.method.clone(),
+            path: std::mem::take(&mut work.log_path),
+            client: client.unwrap_or_default().to_string(),
+            principal: work.principal.take(),
+        };
+        let ctx = &work.response;
+        match outcome {
+            Ok(verdict) => {
+                let event = work
+                    .allow_event
+                    .clone()
+                    .map(|(name, reason)| self.event(ctx, name, "allowed", 200, reason));
+                Decision {
+                    verdict,
+                    event,
+                    response: work.response,
+                }
+            }
+            Err(refusal) => {
+                let event = self.event(
+                    ctx,
+                    refusal.event,
+                    refusal.reply.code.code(),
+                    refusal.reply.status,
+                    refusal.reason,
+                );
+                let verdict = match self.mode {
+                    Mode::Enforce => Verdict::Deny(refusal.reply),
+                    Mode::Report => {
+                        let mut forward = std::mem::take(&mut work.forward);
+                        self.remove_credentials(head, kept, &mut forward);
+                        Verdict::Allow(forward)
+                    }
+                };
+                Decision {
+                    verdict,
+                    event: Some(event),
+                    response: work.response,
+                }
+            }
+        }
+    }
+
+    fn event(
+        &self,
+        ctx: &ResponseContext,
+        name: &'static str,
+        code: &'static str,
+        status: u16,
+        reason: String,
+    ) -> SecurityEvent {
+        SecurityEvent {
+            kind: "security_event",
+            event: name,
+            code,
+            status,
+            mode: self.mode.name(),
+            route: ctx.event_base.route.clone(),
+            method: ctx.event_base.method.clone(),
+            path: ctx.event_base.path.clone(),
+            client: ctx.event_base.client.clone(),
+            principal: ctx.event_base.principal.clone(),
+            request_id: ctx.request_id.clone(),
+            reason,
+        }
+    }
+
+    /// A streamed request body went over the route's `max_body_bytes`: the event, and the reply
+    /// (none in report mode).
+    pub fn body_too_large(&self, ctx: &ResponseContext) -> (SecurityEvent, Option<LocalReply>) {
+        let reply = LocalReply::new(ErrorCode::PayloadTooLarge, &ctx.request_id);
+        let event = self.event(
+            ctx,
+            "payload_too_large",
+            reply.code.code(),
+            reply.status,
+            "body over max_body_bytes".into(),
+        );
+        (event, (self.mode == Mode::Enforce).then_some(reply))
+    }
+
+    /// The event for an upstream (or Envoy) error response whose body was replaced: the
+    /// original body's first bytes go to the log, never to the client.
+    pub fn upstream_error_event(
+        &self,
+        ctx: &ResponseContext,
+        status: u16,
+        original_body: &BodySample,
+    ) -> SecurityEvent {
+        let reason = format!(
+            "upstream error body ({} bytes{}): {}",
+            original_body.total_bytes(),
+            if original_body.is_truncated() {
+                ", truncated"
+            } else {
+                ""
+            },
+            original_body.logged()
+        );
+        self.event(
+            ctx,
+            "upstream_error",
+            ErrorCode::UpstreamError.code(),
+            status,
+            reason,
+        )
+    }
+
+    fn decide(&self, work: &mut Work<'_>, env: &mut RequestEnv<'_>) -> Result<Verdict, Refusal> {
+        let head = work.head;
+        let request_id = head.request_id.as_str();
+        if let Some(reason) = head.unreadable {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                reason,
+            ));
+        }
+        let normalized =
+            normalize_path_with(&head.path, self.firewall.path_parameters).map_err(|e| {
+                Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    format!("path cannot be normalised: {}", e.reason()),
+                )
+            })?;
+        work.log_path.clone_from(&normalized.path);
+        if normalized.changed {
+            work.forward.set_path = Some(normalized.to_request_path());
+        }
+        if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            // Methods are case-sensitive: `get` matches no `GET` route, yet some upstreams
+            // upper-case it and run the GET handler.
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                "method not in upper case",
+            ));
+        }
+        if let Some(query) = &normalized.query {
+            if self.refuses_credentials_in(query) {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::CredentialsInUrl, request_id),
+                    "credentials_in_url",
+                    "credential-like parameter in the query string",
+                ));
+            }
+            if self.firewall.override_headers != OverrideHeaders::Forward
+                && query_has_parameter(query, |name| {
+                    OVERRIDE_QUERY_PARAMETERS
+                        .iter()
+                        .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+                })
+            {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    "method override in the query string",
+                ));
+            }
+        }
+        if self.firewall.override_headers == OverrideHeaders::Reject
+            && head
+                .headers
+                .iter()
+                .any(|(name, _)| Firewall::is_override_header(name))
+        {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                "method or URL override header",
+            ));
+        }
+        if let Some(cors) = &self.cors {
+            match cors.preflight(head) {
+                None => {}
+                Some(PreflightOutcome::Allowed(headers)) => return Ok(Verdict::Preflight(headers)),
+                Some(PreflightOutcome::Rejected(reason)) => {
+                    return Err(Refusal::new(
+                        LocalReply::new(ErrorCode::CorsRejected, request_id),
+                        "cors_rejected",
+                        reason,
+                    ))
+                }
+            }
+        }
+        let matched = self.routes.iter().enumerate().find_map(|(i, r)| {
+            r.matcher
+                .matches(&head.method, &head.authority, &normalized.path)
+                .map(|p| (i, p))
+        });
+        let Some((route_index, params)) = matched else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::NotFound, request_id),
+                "no_route",
+                "no route matches",
+            ));
+        };
+        work.route = Some(route_index);
+        if let Some(other) = self.case_insensitive_route(head, &normalized.path) {
+            if other != Some(route_index) {
+                // Express, IIS and ASP.NET ignore case: they would run another route's handler.
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    "path case is ambiguous: ignoring case picks another route",
+                ));
+            }
+        }
+        let route = self.routes.get(route_index).ok_or_else(|| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "config_error",
+                "route index",
+            )
+        })?;
+        let body_bound = route
+            .max_body_bytes
+            .or(route.reads_body().then_some(DEFAULT_BUFFERED_BODY_BYTES));
+        if let Some(max) = body_bound {
+            let too_large = content_length_exceeds(head, max).map_err(|reason| {
+                Refusal::new(
+                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    "bad_request",
+                    reason,
+                )
+            })?;
+            if too_large {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::PayloadTooLarge, request_id),
+                    "payload_too_large",
+                    "content-length over max_body_bytes",
+                ));
+            }
+        }
+
+        let authenticated = match self.authenticate(route, work, env) {
+            Ok(authenticated) => authenticated,
+            // Nothing is counted or logged yet: the request is decided when it stops waiting.
+            Err(AuthStop::WaitForKeys(ticket)) => return Ok(Verdict::WaitForKeys(ticket)),
+            Err(AuthStop::Refused(refusal)) => {
+                // A refused credential still counts against the client (by IP: the identity it
+                // claimed is not established), so guessing passwords or keys is throttled.
+                self.apply_rate_limit(route, None, None, work, env)?;
+                return Err(refusal);
+            }
+        };
+        let (jwt_subject, api_key_id, identity) = self.identity(&authenticated);
+        self.apply_rate_limit(route, jwt_subject, api_key_id, work, env)?;
+
+        if let Some(requirement) = &route.require {
+            let identity = identity.as_ref().ok_or_else(|| {
+                Refusal::new(
+                    LocalReply::new(ErrorCode::Forbidden, request_id),
+                    "authz_denied",
+                    "no identity on a route with requirements",
+                )
+            })?;
+            if let Err(rule) = requirement.check(identity) {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::Forbidden, request_id),
+                    "authz_denied",
+                    format!("require.{rule} not satisfied"),
+                ));
+            }
+            work.allow_event = Some(("authz_allowed", "require satisfied".into()));
+        }
+        if let Some(owner) = &route.owner {
+            let verdict = match identity.as_ref() {
+                Some(identity) => owner.check(&params, identity),
+                None => Err("no identity on a route with an owner rule"),
+            };
+            if let Err(reason) = verdict {
+                // 404, exactly like a missing object: a 403 would confirm that it exists.
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::NotFound, request_id),
+                    "authz_denied",
+                    format!("owner: {reason}"),
+                ));
+            }
+            work.allow_event = Some(("authz_allowed", "owner and requirements satisfied".into()));
+        }
+
+        if route.reads_body() {
+            if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
+                if let Some(missing) = webhook
+                    .required_headers()
+                    .iter()
+                    .find(|h| !head.has_header(h))
+                {
+                    return Err(Refusal::new(
+                        LocalReply::new(ErrorCode::InvalidSignature, request_id),
+                        "invalid_signature",
+                        format!("webhook {}: missing header {missing}", webhook.name()),
+                    ));
+                }
+            }
+            let check = BodyCheck {
+                route: route_index,
+                max_bytes: body_bound.unwrap_or(DEFAULT_BUFFERED_BODY_BYTES),
+            };
+            return Ok(Verdict::NeedBody {
+                forward: work.forward.clone(),
+                check,
+            });
+        }
+        work.response.stream_body_limit = route.max_body_bytes;
+        Ok(Verdict::Allow(work.forward.clone()))
+    }
+
+    /// The route an upstream that ignores ASCII case would pick, when that check applies (see
+    /// `firewall.ambiguous_case`); `None` when it does not.
+    fn case_insensitive_route(&self, head: &RequestHead, path: &str) -> Option<Option<usize>> {
+        if self.firewall.ambiguous_case != AmbiguousCase::Reject
+            || !(self.routes_have_upper_case || path.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return None;
+        }
+        let lower = path.to_ascii_lowercase();
+        Some(
+            self.lower_case_matchers
+                .iter()
+                .position(|m| m.matches(&head.method, &head.authority, &lower).is_some()),
+        )
+    }
+
+    fn refuses_credentials_in(&self, query: &str) -> bool {
+        if self.jwt.is_none() && self.api_keys.is_none() {
+            return false;
+        }
+        let extra: Vec<&str> = self
+            .api_keys
+            .as_ref()
+            .map(|k| vec![k.header_name()])
+            .unwrap_or_default();
+        credentials_in_query(query, &extra)
+    }
+
+    fn authenticate(
+        &self,
+        route: &Route,
+        work: &mut Work<'_>,
+        env: &mut RequestEnv<'_>,
+    ) -> Result<Authenticated, AuthStop> {
+        let head = work.head;
+        let request_id = head.request_id.as_str();
+        let unauthorized = |reason: &str| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::Unauthorized, request_id)
+                    .with_header("www-authenticate", CHALLENGE_NO_TOKEN),
+                "auth_failure",
+                reason,
+            )
+        };
+        let (use_jwt, use_key) = match route.auth {
+            Auth::None => return Ok(Authenticated::Anonymous),
+            Auth::Jwt => (true, false),
+            Auth::ApiKey => (false, true),
+            Auth::JwtOrApiKey => (true, true),
+        };
+        let token = match (use_jwt, &self.jwt) {
+            (true, Some(jwt)) => jwt.find_token(head).map_err(jwt_refusal(request_id))?,
+            _ => None,
+        };
+        let key = match (use_key, &self.api_keys) {
+            (true, Some(keys)) => keys
+                .find_key(head)
+                .map_err(|f| api_key_refusal(request_id, f.reason()))?,
+            _ => None,
+        };
+        if token.is_none() && key.is_none() {
+            return Err(unauthorized("no credential").into());
+        }
+        // When both are present, both must verify: a valid key must not cover a forged token.
+        let verified_token = match (token, &self.jwt) {
+            (Some(found), Some(jwt)) => {
+                let verified = match jwt.verify_with(
+                    found,
+                    env.now_seconds(),
+                    env.verifier,
+                    env.token_cache,
+                    env.remote_keys,
+                ) {
+                    Ok(verified) => verified,
+                    Err(VerifyError::Refused(failure)) => {
+                        return Err(jwt_refusal(request_id)(failure).into())
+                    }
+                    Err(VerifyError::KeyNotFound(missing)) => {
+                        return Err(self.key_not_found(jwt, missing, env, request_id))
+                    }
+                };
+                work.forward
+                    .set_headers
+                    .extend(verified.upstream_headers.iter().cloned());
+                let forward_token = jwt
+                    .providers
+                    .get(verified.provider)
+                    .is_some_and(|p| p.forward_token);
+                if forward_token {
+                    work.kept_credential = Some(found.source);
+                }
+                Some(verified)
+            }
+            _ => None,
+        };
+        let verified_key = match (key, &self.api_keys) {
+            (Some(presented), Some(keys)) => {
+                let api_key = keys
+                    .verify(presented.key, env.now_seconds())
+                    .map_err(|f| api_key_refusal(request_id, f.reason()))?;
+                let index = keys
+                    .keys()
+                    .iter()
+                    .position(|k| std::ptr::eq(k, api_key))
+                    .unwrap_or(0);
+                // The key itself never goes upstream (see `remove_credentials`).
+                work.forward
+                    .set_headers
+                    .push((API_KEY_ID_HEADER.to_string(), api_key.id.clone()));
+                Some(index)
+            }
+            _ => None,
+        };
+        let authenticated = match (verified_token, verified_key) {
+            (Some(token), Some(key)) => Authenticated::Both(token, key),
+            (Some(token), None) => Authenticated::Jwt(token),
+            (None, Some(key)) => Authenticated::ApiKey(key),
+            (None, None) => return Err(unauthorized("no credential").into()),
+        };
+        work.principal = match &authenticated {
+            Authenticated::Jwt(t) | Authenticated::Both(t, _) => t.subject.clone(),
+            Authenticated::ApiKey(k) => self.api_key(*k).map(|k| k.id.clone()),
+            Authenticated::Anonymous => None,
+        };
+        Ok(authenticated)
+    }
+
+    /// A remote provider has no key for the token: wait for the keys when they may still come
+    /// (bounded by the provider's `timeout_ms`), else refuse. Without any key set the refusal is
+    /// 503: the client did nothing wrong, the identity provider is unreachable.
+    fn key_not_found(
+        &self,
+        jwt: &JwtAuth,
+        missing: KeyNotFound,
+        env: &RequestEnv<'_>,
+        request_id: &str,
+    ) -> AuthStop {
+        let provider = jwt.providers.get(missing.provider);
+        if let Some(source) = provider.and_then(|p| p.remote.as_ref()) {
+            let local_version = env.remote_keys.version(missing.provider);
+            // Only unknown kids read shared data here: the fast path never does.
+            let may_wait = env.may_wait_for_keys
+                && (missing.remote_set_missing
+                    || remote::read_state(env.shared, source).is_ok_and(|read| {
+                        remote::unknown_kid_may_wait(
+                            read.state.as_ref(),
+                            local_version,
+                            source.min_refetch_ms,
+                            env.now_ms,
+                        )
+                    }));
+            if may_wait {
+                return AuthStop::WaitForKeys(WaitTicket {
+                    provider: missing.provider,
+                    registered_at_ms: env.now_ms,
+                    deadline_ms: env.now_ms.saturating_add(source.timeout_ms),
+                    version_seen: local_version,
+                    had_set: !missing.remote_set_missing,
+                });
+            }
+        }
+        if missing.remote_set_missing {
+            let name = provider.map_or("?", |p| p.name.as_str());
+            return AuthStop::Refused(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "jwks_unavailable",
+                format!("provider {name}: no key set could be fetched yet"),
+            ));
+        }
+        AuthStop::Refused(jwt_refusal(request_id)(
+            VerifyError::KeyNotFound(missing).into_failure(),
+        ))
+    }
+
+    fn api_key(&self, index: usize) -> Option<&ApiKey> {
+        self.api_keys
+            .as_ref()
+            .and_then(|keys| keys.keys().get(index))
+    }
+
+    /// The JWT subject, API key id and authorization identity of an authenticated request. When
+    /// both credentials verified, the principal is the JWT's subject and the token's claims
+    /// decide authorization.
+    fn identity<'p>(
+        &'p self,
+        authenticated: &'p Authenticated,
+    ) -> (Option<&'p str>, Option<&'p str>, Option<Identity<'p>>) {
+        match authenticated {
+            Authenticated::Anonymous => (None, None, None),
+            Authenticated::Jwt(token) => (
+                token.subject.as_deref(),
+                None,
+                Some(Identity::from_jwt_claims(&token.claims)),
+            ),
+            Authenticated::ApiKey(index) => match self.api_key(*index) {
+                Some(key) => (
+                    None,
+                    Some(key.id.as_str()),
+                    Some(Identity::from_api_key(key)),
+                ),
+                None => (None, None, None),
+            },
+            Authenticated::Both(token, index) => (
+                token.subject.as_deref(),
+                self.api_key(*index).map(|k| k.id.as_str()),
+                Some(Identity::from_jwt_claims(&token.claims)),
+            ),
+        }
+    }
+
+    fn apply_rate_limit(
+        &self,
+        route: &Route,
+        jwt_subject: Option<&str>,
+        api_key_id: Option<&str>,
+        work: &mut Work<'_>,
+        env: &mut RequestEnv<'_>,
+    ) -> Result<(), Refusal> {
+        let Some(limit) = route.rate_limit.and_then(|i| self.rate_limits.get(i)) else {
+            return Ok(());
+        };
+        let request_id = work.head.request_id.as_str();
+        let Some(limiter) = env.limiter else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "rate_limit_unavailable",
+                "rate-limit seed unavailable",
+            ));
+        };
+        let client_key = limit.key.client_key(work.head, jwt_subject, api_key_id);
+        let decision = limiter.check(env.shared, limit, &client_key, env.now_ms);
+        work.response.rate_limit_headers = decision.headers(&limit.name, limit.window_seconds);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                LocalReply::new(ErrorCode::RateLimited, request_id),
+                "rate_limited",
+                format!(
+                    "{}: {}",
+                    limit.name,
+                    decision.reason.unwrap_or("limit exceeded")
+                ),
+            ))
+        }
+    }
+
+    /// The decision once the body of a [`Verdict::NeedBody`] request has arrived whole.
+    pub fn check_body(
+        &self,
+        head: &RequestHead,
+        check: &BodyCheck,
+        body: &[u8],
+        env: &RequestEnv<'_>,
+    ) -> Decision {
+        let mut work = Work {
+            head,
+            forward: Forward::default(),
+            response: ResponseContext::default(),
+            route: Some(check.route),
+            principal: None,
+            log_path: normalize_path_with(&head.path, self.firewall.path_parameters)
+                .map(|n| n.path)
+                .unwrap_or_default(),
+            allow_event: None,
+            kept_credential: None,
+        };
+        work.response.request_id.clone_from(&head.request_id);
+        let outcome = self
+            .decide_body(head, check, body, env)
+            .map(|()| Verdict::Allow(Forward::default()));
+        self.conclude(outcome, work)
+    }
+
+    fn decide_body(
+        &self,
+        head: &RequestHead,
+        check: &BodyCheck,
+        body: &[u8],
+        env: &RequestEnv<'_>,
+    ) -> Result<(), Refusal> {
+        let request_id = head.request_id.as_str();
+        let Some(route) = self.routes.get(check.route) else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                "config_error",
+                "route index",
+            ));
+        };
+        if body.len() as u64 > check.max_bytes {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::PayloadTooLarge, request_id),
+                "payload_too_large",
+                "body over max_body_bytes",
+            ));
+        }
+        if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
+            let now = env.now_seconds();
+            let refused = |refusal: crate::body::webhook::WebhookRefusal| {
+                Refusal::new(
+                    LocalReply::new(refusal.error_code(), request_id),
+                    "invalid_signature",
+                    format!("webhook {}: {}", webhook.name(), refusal.reason()),
+                )
+            };
+            let verified = webhook.verify(head, body, now).map_err(refused)?;
+            let table = SharedReplayTable::new(
+                env.shared,
+                replay_key_prefix(webhook.name()),
+                crate::body::replay::DEFAULT_SLOT_COUNT,
+                crate::body::replay::DEFAULT_ENTRIES_PER_SLOT,
+            );
+            webhook
+                .check_replay(&verified, &table, now)
+                .map_err(refused)?;
+        }
+        if let Some(schema) = &route.body_schema {
+            if let Err(details) = schema.validate(body) {
+                let mut reply = LocalReply::new(ErrorCode::BadRequest, request_id);
+                reply.body = envelope_with_details(ErrorCode::BadRequest, request_id, &details);
+                let fields: Vec<&str> = details.iter().map(|d| d.field.as_str()).collect();
+                return Err(Refusal::new(
+                    reply,
+                    "bad_request",
+                    format!("body schema: invalid fields {fields:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What to change on a response: security headers on every response, CORS and rate-limit
+    /// headers, `x-request-id`, and whether the body becomes the envelope. The edits borrow from
+    /// the policy and the request's context: planning allocates nothing per header.
+    pub fn plan_response<'a>(
+        &'a self,
+        ctx: &'a ResponseContext,
+        status: u16,
+        origin: ResponseOrigin,
+    ) -> ResponseEdits<'a> {
+        let mut edits = ResponseEdits::default();
+        edits
+            .remove
+            .extend(self.security_headers.to_remove().iter().map(String::as_str));
+        edits.set.extend(
+            self.security_headers
+                .to_set()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        if let Some(cors) = &self.cors {
+            if origin != ResponseOrigin::Filter {
+                // CORS is the filter's to answer: an upstream's own `Access-Control-Allow-Origin:
+                // *` would otherwise open the API to origins the allowlist refuses.
+                edits.remove.extend(OWNED_RESPONSE_HEADERS.iter().copied());
+            }
+            for (name, value) in cors.response_headers(ctx.origin.as_deref()) {
+                if name == "vary" {
+                    edits.append.push((name, value));
+                } else {
+                    edits.set.push((name, value));
+                }
+            }
+        }
+        edits
+            .set
+            .extend(ctx.rate_limit_headers.iter().map(|(n, v)| (*n, v.as_str())));
+        if !ctx.request_id.is_empty() {
+            edits.set.push(("x-request-id", ctx.request_id.as_str()));
+        }
+        if self.mode == Mode::Enforce {
+            let plan = self.errors.plan(status, origin, ctx.is_head);
+            if let Some(code) = plan.code {
+                edits.remove.extend(plan.remove_headers.iter().copied());
+                if plan.remove_content_length {
+                    edits.remove.push("content-length");
+                }
+                edits.set.extend(plan.set_headers.iter().copied());
+                edits.replace_body = plan.envelope(&ctx.request_id);
+                edits.error_code = Some(code);
+                edits.log_body_bytes = plan.log_bytes;
+            }
+        }
+        edits
+    }
+}
+
+/// The response edits when there is no policy (the configuration was refused and every request
+/// is answered 503): the default security headers and the request id, still on every response.
+pub struct FallbackResponse {
+    defaults: Option<SecurityHeaders>,
+    request_id: String,
+}
+
+pub fn fallback_response_edits(request_id: &str) -> FallbackResponse {
+    FallbackResponse {
+        defaults: SecurityHeaders::compile(None, "security_headers").ok(),
+        request_id: request_id.to_string(),
+    }
+}
+
+impl FallbackResponse {
+    pub fn edits(&self) -> ResponseEdits<'_> {
+        let mut edits = ResponseEdits::default();
+        if let Some(defaults) = &self.defaults {
+            edits
+                .remove
+                .extend(defaults.to_remove().iter().map(String::as_str));
+            edits.set.extend(
+                defaults
+                    .to_set()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+        }
+        if !self.request_id.is_empty() {
+            edits.set.push(("x-request-id", self.request_id.as_str()));
+        }
+        edits
+    }
+}
+
+/// Changes to a response, in the order: remove, set (replace), append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseEdits<'a> {
+    pub remove: Vec<&'a str>,
+    pub set: Vec<(&'a str, &'a str)>,
+    pub append: Vec<(&'a str, &'a str)>,
+    /// The envelope that replaces the body, when the response is an error being rewritten.
+    pub replace_body: Option<String>,
+    pub error_code: Option<ErrorCode>,
+    /// How much of the original body to keep for the log.
+    pub log_body_bytes: usize,
+}
+
+impl<'a> ResponseEdits<'a> {
+    /// The whole header map after the edits, given the map as Envoy gives it (names lower case,
+    /// values any bytes): the adapter reads the map once and writes it back once, instead of one
+    /// host call per header. Nothing is copied: the result borrows from the map and the edits,
+    /// and a header the edits do not name goes back byte for byte.
+    pub fn merge<'h>(&'h self, headers: &[(&'h [u8], &'h [u8])]) -> Vec<(&'h [u8], &'h [u8])>
+    where
+        'a: 'h,
+    {
+        let mut merged: Vec<(&[u8], &[u8])> =
+            Vec::with_capacity(headers.len() + self.set.len() + self.append.len());
+        merged.extend(headers.iter().copied().filter(|(name, _)| {
+            !self.remove.iter().any(|r| r.as_bytes() == *name)
+                && !self.set.iter().any(|(s, _)| s.as_bytes() == *name)
+        }));
+        merged.extend(self.set.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        for &(name, value) in &self.append {
+            // A list header (`Vary`) gets the value once, however many parts of the filter
+            // (or the upstream) added it.
+            let present = merged.iter().any(|(n, v)| {
+                *n == name.as_bytes()
+                    && v.split(|b| *b == b',')
+                        .any(|item| item.trim_ascii().eq_ignore_ascii_case(value.as_bytes()))
+            });
+            if !present {
+                merged.push((name.as_bytes(), value.as_bytes()));
+            }
+        }
+        merged
+    }
+}
+
+/// The `:status` of a response header map.
+pub fn response_status(headers: &[(&[u8], &[u8])]) -> u16 {
+    headers
+        .iter()
+        .find(|(name, _)| *name == b":status")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+fn jwt_refusal(request_id: &str) -> impl Fn(JwtFailure) -> Refusal + '_ {
+    move |failure| {
+        let (code, challenge, reason) = match failure {
+            JwtFailure::Missing => (ErrorCode::Unauthorized, CHALLENGE_NO_TOKEN, "no token"),
+            JwtFailure::Refused {
+                expired: true,
+                reason,
+            } => (ErrorCode::TokenExpired, CHALLENGE_BAD_TOKEN, reason),
+            JwtFailure::Refused {
+                expired: false,
+                reason,
+            } => (ErrorCode::InvalidToken, CHALLENGE_BAD_TOKEN, reason),
+        };
+        Refusal::new(
+            LocalReply::new(code, request_id).with_header("www-authenticate", challenge),
+            "auth_failure",
+            reason,
+        )
+    }
+}
+
+fn api_key_refusal(request_id: &str, reason: &str) -> Refusal {
+    Refusal::new(
+        LocalReply::new(ErrorCode::InvalidApiKey, request_id)
+            .with_header("www-authenticate", CHALLENGE_BAD_TOKEN),
+        "auth_failure",
+        format!("api key: {reason}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<'a>(list: &[(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
+        list.iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn response_edits_remove_replace_and_append() {
+        let mut headers = bytes(&[
+            (":status", "200"),
+            ("server", "upstream/1.0"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("vary", "accept-encoding"),
+            ("content-type", "application/json"),
+        ]);
+        // A value that is not UTF-8 goes back byte for byte.
+        headers.push((b"x-latin-1", b"caf\xe9"));
+        let edits = ResponseEdits {
+            remove: vec!["server"],
+            set: vec![("x-frame-options", "DENY"), ("x-request-id", "r1")],
+            append: vec![("vary", "Origin")],
+            ..ResponseEdits::default()
+        };
+        let merged = edits.merge(&headers);
+        assert_eq!(
+            merged,
+            vec![
+                (&b":status"[..], &b"200"[..]),
+                (b"vary", b"accept-encoding"),
+                (b"content-type", b"application/json"),
+                (b"x-latin-1", b"caf\xe9"),
+                (b"x-frame-options", b"DENY"),
+                (b"x-request-id", b"r1"),
+                (b"vary", b"Origin"),
+            ]
+        );
+        assert_eq!(response_status(&merged), 200);
+        assert_eq!(response_status(&[]), 0);
+        // Already listed (a preflight's own Vary): not added twice.
+        let preflight = bytes(&[
+            (":status", "204"),
+            ("vary", "origin, Access-Control-Request-Method"),
+        ]);
+        let merged = edits.merge(&preflight);
+        assert_eq!(merged.iter().filter(|(n, _)| *n == b"vary").count(), 1);
+    }
+}

@@ -1,0 +1,7 @@
+//! What arrived: the request head as bytes ([`header_pairs`], [`head`]), its path normalised and
+//! the route it matches ([`routes`]), and the screen every request passes before any route is
+//! chosen ([`firewall`]: the readings an upstream framework would make differently).
+pub mod firewall;
+pub mod head;
+pub mod header_pairs;
+pub mod routes;
