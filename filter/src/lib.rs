@@ -549,14 +549,12 @@ impl HttpState {
         };
         let body = body.unwrap_or(held.taken.bytes());
         let decided = decide_with_env(&shared, false, |env| {
-            shared.policy.check_body(&held.head, &held.check, body, env)
+            shared
+                .policy
+                .check_body(&held.head, &held.check, body, &self.response, env)
         });
         match decided {
-            Ok(mut decision) => {
-                // The response context of the headers phase (rate-limit headers, origin) stands.
-                decision.response = self.response.clone();
-                self.carry_out(decision, None, true)
-            }
+            Ok(decision) => self.carry_out(decision, None, true),
             Err(why) => self.fail_closed(&why),
         }
     }

@@ -2,19 +2,22 @@
 //! adapter hands in a [`RequestHead`] and a [`RequestEnv`] and carries out the [`Decision`]; for
 //! the response it asks [`Policy::plan_response`] what to change.
 //!
-//! The order of the request checks is part of the security model:
+//! The order of the request checks is part of the security model. [`Policy::check_request`]
+//! runs these stages, each a method of its own, in this order (`decide` lists them):
 //! 1. identity headers a client could spoof are always removed, with their `_` twins, and
 //!    method/URL override headers (see [`crate::request::firewall`]);
-//! 2. the path is normalised (the upstream gets the path that was matched), the method must be
-//!    upper case, and a path whose route depends on letter case is refused;
-//! 3. credentials in the URL are refused (they end up in logs everywhere);
-//! 4. CORS preflights are answered (browsers send them without credentials);
-//! 5. the route is matched; the body size is checked by Content-Length;
-//! 6. authentication; its refusals still count against the client's rate limit, so that
+//! 2. `screen`: the path is normalised (the upstream gets the path that was matched), the
+//!    method must be upper case, credentials and method overrides in the URL are refused;
+//! 3. `preflight`: CORS preflights are answered (browsers send them without credentials);
+//! 4. `match_route`: the first matching route, refused when ignoring letter case picks
+//!    another one;
+//! 5. `declared_length`: a `Content-Length` over the route's bound is refused;
+//! 6. `authenticate`; its refusals still count against the client's rate limit, so that
 //!    brute force on a login route is throttled;
-//! 7. the rate limit (after authentication, so that the principal is known);
-//! 8. authorization: scopes and roles (403), then the owner rule (404, never 403);
-//! 9. webhook signature and body schema, once the body has arrived.
+//! 7. `rate_limit` (after authentication, so that the principal is known);
+//! 8. `authorize`: scopes and roles (403), then the owner rule (404, never 403);
+//! 9. `forward_or_hold_body`; then [`Policy::check_body`]: webhook signature and body schema,
+//!    once the body has arrived.
 //!
 //! Whatever the verdict, every credential the request carries is removed before it goes
 //! upstream, except the verified token of a provider with `forward_token: true`
@@ -36,7 +39,7 @@ use crate::request::firewall::{
     same_after_folding, AmbiguousCase, Firewall, OverrideHeaders, OVERRIDE_QUERY_PARAMETERS,
 };
 use crate::request::head::RequestHead;
-use crate::request::routes::{normalize_path_with, CompiledMatch};
+use crate::request::routes::{normalize_path_with, CompiledMatch, PathParams};
 use crate::response::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS};
 use crate::response::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
 use crate::response::reply::{
@@ -246,20 +249,62 @@ impl From<Refusal> for AuthStop {
     }
 }
 
-/// What authentication established.
-enum Authenticated {
+/// What authentication established: the verified token and key themselves, never an index
+/// to look up again.
+enum Authenticated<'p> {
     Anonymous,
     Jwt(Rc<VerifiedToken>),
-    ApiKey(usize),
-    Both(Rc<VerifiedToken>, usize),
+    ApiKey(&'p ApiKey),
+    Both(Rc<VerifiedToken>, &'p ApiKey),
 }
 
-/// Per-request working state of [`Policy::decide`].
-struct Work<'h> {
+impl<'p> Authenticated<'p> {
+    fn token(&self) -> Option<&VerifiedToken> {
+        match self {
+            Authenticated::Jwt(token) | Authenticated::Both(token, _) => Some(token),
+            Authenticated::Anonymous | Authenticated::ApiKey(_) => None,
+        }
+    }
+
+    fn api_key(&self) -> Option<&'p ApiKey> {
+        match self {
+            Authenticated::ApiKey(key) | Authenticated::Both(_, key) => Some(key),
+            Authenticated::Anonymous | Authenticated::Jwt(_) => None,
+        }
+    }
+
+    /// Who the request is from, for events and rate limits: the JWT's subject when a token
+    /// verified, else the API key's id.
+    fn principal(&self) -> Option<String> {
+        match self.token() {
+            Some(token) => token.subject.clone(),
+            None => self.api_key().map(|key| key.id.clone()),
+        }
+    }
+
+    /// What authorization decides on. When both credentials verified, the token's claims do.
+    fn identity(&self) -> Option<Identity<'_>> {
+        match (self.token(), self.api_key()) {
+            (Some(token), _) => Some(Identity::from_jwt_claims(&token.claims)),
+            (None, Some(key)) => Some(Identity::from_api_key(key)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The route a request matched.
+struct Matched<'p> {
+    index: usize,
+    route: &'p Route,
+    params: PathParams,
+}
+
+/// Per-request working state of the stages of [`Policy::decide`].
+struct Work<'h, 'p> {
     head: &'h RequestHead,
     forward: Forward,
     response: ResponseContext,
-    route: Option<usize>,
+    route: Option<&'p Route>,
     principal: Option<String>,
     log_path: String,
     /// An event for an allowed request (authorization decisions are always logged).
@@ -327,7 +372,7 @@ impl Policy {
         }
     }
 
-    fn conclude(&self, outcome: Result<Verdict, Refusal>, mut work: Work<'_>) -> Decision {
+    fn conclude(&self, outcome: Result<Verdict, Refusal>, mut work: Work<'_, '_>) -> Decision {
         let head = work.head;
         let kept = work.kept_credential;
         let outcome = outcome.map(|mut verdict| {
@@ -346,10 +391,7 @@ impl Policy {
             work.head.known_client_ip()
         };
         work.response.event_base = EventBase {
-            route: work
-                .route
-                .and_then(|r| self.routes.get(r))
-                .map(|r| r.name.clone()),
+            route: work.route.map(|r| r.name.clone()),
             method: work.head.method.clone(),
             path: std::mem::take(&mut work.log_path),
             client: client.unwrap_or_default().to_string(),
@@ -458,24 +500,56 @@ impl Policy {
         )
     }
 
-    fn decide(&self, work: &mut Work<'_>, env: &mut RequestEnv<'_>) -> Result<Verdict, Refusal> {
+    /// The stages of a request's headers, in their order (the order is part of the security
+    /// model: see the module docs). Each stage passes the request on, or ends it with a
+    /// verdict or a refusal.
+    fn decide<'p>(
+        &'p self,
+        work: &mut Work<'_, 'p>,
+        env: &mut RequestEnv<'_>,
+    ) -> Result<Verdict, Refusal> {
+        let path = self.screen(work)?;
+        if let Some(verdict) = self.preflight(work.head)? {
+            return Ok(verdict);
+        }
+        let matched = self.match_route(work, &path)?;
+        let route = matched.route;
+        let body_bound = self.declared_length(route, work.head)?;
+        let authenticated = match self.authenticate(route, work, env) {
+            Ok(authenticated) => authenticated,
+            // Nothing is counted or logged yet: the request is decided when it stops waiting.
+            Err(AuthStop::WaitForKeys(ticket)) => return Ok(Verdict::WaitForKeys(ticket)),
+            Err(AuthStop::Refused(refusal)) => {
+                // A refused credential still counts against the client (by IP: the identity it
+                // claimed is not established), so guessing passwords or keys is throttled.
+                self.rate_limit(route, &Authenticated::Anonymous, work, env)?;
+                return Err(refusal);
+            }
+        };
+        self.rate_limit(route, &authenticated, work, env)?;
+        self.authorize(route, &matched.params, &authenticated, work)?;
+        self.forward_or_hold_body(&matched, body_bound, work)
+    }
+
+    /// Screen: what no route may see. An unreadable head, a path that cannot be normalised
+    /// (or that an upstream framework would read otherwise), a lower-case method, credentials
+    /// or method overrides in the URL, override headers when they are refused. Returns the
+    /// normalised path; the upstream gets that path.
+    fn screen(&self, work: &mut Work<'_, '_>) -> Result<String, Refusal> {
         let head = work.head;
         let request_id = head.request_id.as_str();
-        if let Some(reason) = head.unreadable {
-            return Err(Refusal::new(
+        let bad_request = |reason: String| {
+            Refusal::new(
                 LocalReply::new(ErrorCode::BadRequest, request_id),
                 "bad_request",
                 reason,
-            ));
+            )
+        };
+        if let Some(reason) = head.unreadable {
+            return Err(bad_request(reason.into()));
         }
-        let normalized =
-            normalize_path_with(&head.path, self.firewall.path_parameters).map_err(|e| {
-                Refusal::new(
-                    LocalReply::new(ErrorCode::BadRequest, request_id),
-                    "bad_request",
-                    format!("path cannot be normalised: {}", e.reason()),
-                )
-            })?;
+        let normalized = normalize_path_with(&head.path, self.firewall.path_parameters)
+            .map_err(|e| bad_request(format!("path cannot be normalised: {}", e.reason())))?;
         work.log_path.clone_from(&normalized.path);
         if normalized.changed {
             work.forward.set_path = Some(normalized.to_request_path());
@@ -483,11 +557,7 @@ impl Policy {
         if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
             // Methods are case-sensitive: `get` matches no `GET` route, yet some upstreams
             // upper-case it and run the GET handler.
-            return Err(Refusal::new(
-                LocalReply::new(ErrorCode::BadRequest, request_id),
-                "bad_request",
-                "method not in upper case",
-            ));
+            return Err(bad_request("method not in upper case".into()));
         }
         if let Some(query) = &normalized.query {
             if self.refuses_credentials_in(query) {
@@ -504,11 +574,7 @@ impl Policy {
                         .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
                 })
             {
-                return Err(Refusal::new(
-                    LocalReply::new(ErrorCode::BadRequest, request_id),
-                    "bad_request",
-                    "method override in the query string",
-                ));
+                return Err(bad_request("method override in the query string".into()));
             }
         }
         if self.firewall.override_headers == OverrideHeaders::Reject
@@ -517,89 +583,105 @@ impl Policy {
                 .iter()
                 .any(|(name, _)| Firewall::is_override_header(name))
         {
-            return Err(Refusal::new(
-                LocalReply::new(ErrorCode::BadRequest, request_id),
-                "bad_request",
-                "method or URL override header",
-            ));
+            return Err(bad_request("method or URL override header".into()));
         }
-        if let Some(cors) = &self.cors {
-            match cors.preflight(head) {
-                None => {}
-                Some(PreflightOutcome::Allowed(headers)) => return Ok(Verdict::Preflight(headers)),
-                Some(PreflightOutcome::Rejected(reason)) => {
-                    return Err(Refusal::new(
-                        LocalReply::new(ErrorCode::CorsRejected, request_id),
-                        "cors_rejected",
-                        reason,
-                    ))
-                }
-            }
+        Ok(normalized.path)
+    }
+
+    /// Preflight: CORS preflights are answered here, before any route (browsers send them
+    /// without credentials).
+    fn preflight(&self, head: &RequestHead) -> Result<Option<Verdict>, Refusal> {
+        let Some(cors) = &self.cors else {
+            return Ok(None);
+        };
+        match cors.preflight(head) {
+            None => Ok(None),
+            Some(PreflightOutcome::Allowed(headers)) => Ok(Some(Verdict::Preflight(headers))),
+            Some(PreflightOutcome::Rejected(reason)) => Err(Refusal::new(
+                LocalReply::new(ErrorCode::CorsRejected, &head.request_id),
+                "cors_rejected",
+                reason,
+            )),
         }
-        let matched = self.routes.iter().enumerate().find_map(|(i, r)| {
-            r.matcher
-                .matches(&head.method, &head.authority, &normalized.path)
-                .map(|p| (i, p))
+    }
+
+    /// Match route: the first route that matches the normalised path, and no other route when
+    /// the path's letter case is ignored (as Express, IIS and ASP.NET do).
+    fn match_route<'p>(
+        &'p self,
+        work: &mut Work<'_, 'p>,
+        path: &str,
+    ) -> Result<Matched<'p>, Refusal> {
+        let head = work.head;
+        let matched = self.routes.iter().enumerate().find_map(|(index, route)| {
+            route
+                .matcher
+                .matches(&head.method, &head.authority, path)
+                .map(|params| Matched {
+                    index,
+                    route,
+                    params,
+                })
         });
-        let Some((route_index, params)) = matched else {
+        let Some(matched) = matched else {
             return Err(Refusal::new(
-                LocalReply::new(ErrorCode::NotFound, request_id),
+                LocalReply::new(ErrorCode::NotFound, &head.request_id),
                 "no_route",
                 "no route matches",
             ));
         };
-        work.route = Some(route_index);
-        if let Some(other) = self.case_insensitive_route(head, &normalized.path) {
-            if other != Some(route_index) {
+        work.route = Some(matched.route);
+        if let Some(other) = self.case_insensitive_route(head, path) {
+            if other != Some(matched.index) {
                 // Express, IIS and ASP.NET ignore case: they would run another route's handler.
                 return Err(Refusal::new(
-                    LocalReply::new(ErrorCode::BadRequest, request_id),
+                    LocalReply::new(ErrorCode::BadRequest, &head.request_id),
                     "bad_request",
                     "path case is ambiguous: ignoring case picks another route",
                 ));
             }
         }
-        let route = self.routes.get(route_index).ok_or_else(|| {
-            Refusal::new(
-                LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
-                "config_error",
-                "route index",
-            )
-        })?;
+        Ok(matched)
+    }
+
+    /// Declared length: a `Content-Length` over the route's bound is refused before anything
+    /// else is spent on the request. Returns the bound (routes that read the body have one).
+    fn declared_length(&self, route: &Route, head: &RequestHead) -> Result<Option<u64>, Refusal> {
         let body_bound = route
             .max_body_bytes
             .or(route.reads_body().then_some(DEFAULT_BUFFERED_BODY_BYTES));
-        if let Some(max) = body_bound {
-            let too_large = content_length_exceeds(head, max).map_err(|reason| {
-                Refusal::new(
-                    LocalReply::new(ErrorCode::BadRequest, request_id),
-                    "bad_request",
-                    reason,
-                )
-            })?;
-            if too_large {
-                return Err(Refusal::new(
-                    LocalReply::new(ErrorCode::PayloadTooLarge, request_id),
-                    "payload_too_large",
-                    "content-length over max_body_bytes",
-                ));
-            }
-        }
-
-        let authenticated = match self.authenticate(route, work, env) {
-            Ok(authenticated) => authenticated,
-            // Nothing is counted or logged yet: the request is decided when it stops waiting.
-            Err(AuthStop::WaitForKeys(ticket)) => return Ok(Verdict::WaitForKeys(ticket)),
-            Err(AuthStop::Refused(refusal)) => {
-                // A refused credential still counts against the client (by IP: the identity it
-                // claimed is not established), so guessing passwords or keys is throttled.
-                self.apply_rate_limit(route, None, None, work, env)?;
-                return Err(refusal);
-            }
+        let Some(max) = body_bound else {
+            return Ok(None);
         };
-        let (jwt_subject, api_key_id, identity) = self.identity(&authenticated);
-        self.apply_rate_limit(route, jwt_subject, api_key_id, work, env)?;
+        let request_id = head.request_id.as_str();
+        let too_large = content_length_exceeds(head, max).map_err(|reason| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::BadRequest, request_id),
+                "bad_request",
+                reason,
+            )
+        })?;
+        if too_large {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::PayloadTooLarge, request_id),
+                "payload_too_large",
+                "content-length over max_body_bytes",
+            ));
+        }
+        Ok(body_bound)
+    }
 
+    /// Authorize: the route's `require` (scopes, roles: 403), then its owner rule (404, never
+    /// 403: a 403 would confirm that the object exists).
+    fn authorize(
+        &self,
+        route: &Route,
+        params: &PathParams,
+        authenticated: &Authenticated<'_>,
+        work: &mut Work<'_, '_>,
+    ) -> Result<(), Refusal> {
+        let request_id = work.head.request_id.as_str();
+        let identity = authenticated.identity();
         if let Some(requirement) = &route.require {
             let identity = identity.as_ref().ok_or_else(|| {
                 Refusal::new(
@@ -619,11 +701,10 @@ impl Policy {
         }
         if let Some(owner) = &route.owner {
             let verdict = match identity.as_ref() {
-                Some(identity) => owner.check(&params, identity),
+                Some(identity) => owner.check(params, identity),
                 None => Err("no identity on a route with an owner rule"),
             };
             if let Err(reason) = verdict {
-                // 404, exactly like a missing object: a 403 would confirm that it exists.
                 return Err(Refusal::new(
                     LocalReply::new(ErrorCode::NotFound, request_id),
                     "authz_denied",
@@ -632,32 +713,44 @@ impl Policy {
             }
             work.allow_event = Some(("authz_allowed", "owner and requirements satisfied".into()));
         }
+        Ok(())
+    }
 
-        if route.reads_body() {
-            if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
-                if let Some(missing) = webhook
-                    .required_headers()
-                    .iter()
-                    .find(|h| !head.has_header(h))
-                {
-                    return Err(Refusal::new(
-                        LocalReply::new(ErrorCode::InvalidSignature, request_id),
-                        "invalid_signature",
-                        format!("webhook {}: missing header {missing}", webhook.name()),
-                    ));
-                }
-            }
-            let check = BodyCheck {
-                route: route_index,
-                max_bytes: body_bound.unwrap_or(DEFAULT_BUFFERED_BODY_BYTES),
-            };
-            return Ok(Verdict::NeedBody {
-                forward: work.forward.clone(),
-                check,
-            });
+    /// Forward or hold the body: a route that reads the body (webhook, schema) holds the
+    /// request until it has arrived whole; a webhook's signature headers must be there first.
+    /// Other routes forward now, with a streaming bound when they have `max_body_bytes`.
+    fn forward_or_hold_body(
+        &self,
+        matched: &Matched<'_>,
+        body_bound: Option<u64>,
+        work: &mut Work<'_, '_>,
+    ) -> Result<Verdict, Refusal> {
+        let route = matched.route;
+        if !route.reads_body() {
+            work.response.stream_body_limit = route.max_body_bytes;
+            return Ok(Verdict::Allow(work.forward.clone()));
         }
-        work.response.stream_body_limit = route.max_body_bytes;
-        Ok(Verdict::Allow(work.forward.clone()))
+        let head = work.head;
+        if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
+            if let Some(missing) = webhook
+                .required_headers()
+                .iter()
+                .find(|h| !head.has_header(h))
+            {
+                return Err(Refusal::new(
+                    LocalReply::new(ErrorCode::InvalidSignature, &head.request_id),
+                    "invalid_signature",
+                    format!("webhook {}: missing header {missing}", webhook.name()),
+                ));
+            }
+        }
+        Ok(Verdict::NeedBody {
+            forward: work.forward.clone(),
+            check: BodyCheck {
+                route: matched.index,
+                max_bytes: body_bound.unwrap_or(DEFAULT_BUFFERED_BODY_BYTES),
+            },
+        })
     }
 
     /// The route an upstream that ignores ASCII case would pick, when that check applies (see
@@ -688,12 +781,14 @@ impl Policy {
         credentials_in_query(query, &extra)
     }
 
-    fn authenticate(
-        &self,
+    /// Authenticate: the route's credentials, found and verified. When a token and a key are
+    /// both presented, both must verify: a valid key must not cover a forged token.
+    fn authenticate<'p>(
+        &'p self,
         route: &Route,
-        work: &mut Work<'_>,
+        work: &mut Work<'_, 'p>,
         env: &mut RequestEnv<'_>,
-    ) -> Result<Authenticated, AuthStop> {
+    ) -> Result<Authenticated<'p>, AuthStop> {
         let head = work.head;
         let request_id = head.request_id.as_str();
         let unauthorized = |reason: &str| {
@@ -760,16 +855,11 @@ impl Policy {
                 let api_key = keys
                     .verify(presented.key, env.now_seconds())
                     .map_err(|f| api_key_refusal(request_id, f.reason()))?;
-                let index = keys
-                    .keys()
-                    .iter()
-                    .position(|k| std::ptr::eq(k, api_key))
-                    .unwrap_or(0);
                 // The key itself never goes upstream (see `remove_credentials`).
                 work.forward
                     .set_headers
                     .push((API_KEY_ID_HEADER.to_string(), api_key.id.clone()));
-                Some(index)
+                Some(api_key)
             }
             _ => None,
         };
@@ -779,11 +869,7 @@ impl Policy {
             (None, Some(key)) => Authenticated::ApiKey(key),
             (None, None) => return Err(unauthorized("no credential").into()),
         };
-        work.principal = match &authenticated {
-            Authenticated::Jwt(t) | Authenticated::Both(t, _) => t.subject.clone(),
-            Authenticated::ApiKey(k) => self.api_key(*k).map(|k| k.id.clone()),
-            Authenticated::Anonymous => None,
-        };
+        work.principal = authenticated.principal();
         Ok(authenticated)
     }
 
@@ -834,48 +920,13 @@ impl Policy {
         ))
     }
 
-    fn api_key(&self, index: usize) -> Option<&ApiKey> {
-        self.api_keys
-            .as_ref()
-            .and_then(|keys| keys.keys().get(index))
-    }
-
-    /// The JWT subject, API key id and authorization identity of an authenticated request. When
-    /// both credentials verified, the principal is the JWT's subject and the token's claims
-    /// decide authorization.
-    fn identity<'p>(
-        &'p self,
-        authenticated: &'p Authenticated,
-    ) -> (Option<&'p str>, Option<&'p str>, Option<Identity<'p>>) {
-        match authenticated {
-            Authenticated::Anonymous => (None, None, None),
-            Authenticated::Jwt(token) => (
-                token.subject.as_deref(),
-                None,
-                Some(Identity::from_jwt_claims(&token.claims)),
-            ),
-            Authenticated::ApiKey(index) => match self.api_key(*index) {
-                Some(key) => (
-                    None,
-                    Some(key.id.as_str()),
-                    Some(Identity::from_api_key(key)),
-                ),
-                None => (None, None, None),
-            },
-            Authenticated::Both(token, index) => (
-                token.subject.as_deref(),
-                self.api_key(*index).map(|k| k.id.as_str()),
-                Some(Identity::from_jwt_claims(&token.claims)),
-            ),
-        }
-    }
-
-    fn apply_rate_limit(
+    /// Rate limit: after authentication, so that a limit keyed by principal or key knows it
+    /// (a refused credential is counted by IP).
+    fn rate_limit(
         &self,
         route: &Route,
-        jwt_subject: Option<&str>,
-        api_key_id: Option<&str>,
-        work: &mut Work<'_>,
+        authenticated: &Authenticated<'_>,
+        work: &mut Work<'_, '_>,
         env: &mut RequestEnv<'_>,
     ) -> Result<(), Refusal> {
         let Some(limit) = route.rate_limit.and_then(|i| self.rate_limits.get(i)) else {
@@ -889,6 +940,8 @@ impl Policy {
                 "rate-limit seed unavailable",
             ));
         };
+        let jwt_subject = authenticated.token().and_then(|t| t.subject.as_deref());
+        let api_key_id = authenticated.api_key().map(|k| k.id.as_str());
         let client_key = limit.key.client_key(work.head, jwt_subject, api_key_id);
         let decision = limiter.check(env.shared, limit, &client_key, env.now_ms);
         work.response.rate_limit_headers = decision.headers(&limit.name, limit.window_seconds);
@@ -908,26 +961,35 @@ impl Policy {
     }
 
     /// The decision once the body of a [`Verdict::NeedBody`] request has arrived whole.
+    /// `headers_phase` is the [`Decision::response`] of the request's headers: its event base
+    /// (route, client, the verified principal) and rate-limit headers stand for the body's
+    /// decision and its event.
     pub fn check_body(
         &self,
         head: &RequestHead,
         check: &BodyCheck,
         body: &[u8],
+        headers_phase: &ResponseContext,
         env: &RequestEnv<'_>,
     ) -> Decision {
-        let mut work = Work {
+        let base = &headers_phase.event_base;
+        let log_path = if base.path.is_empty() {
+            normalize_path_with(&head.path, self.firewall.path_parameters)
+                .map(|n| n.path)
+                .unwrap_or_default()
+        } else {
+            base.path.clone()
+        };
+        let work = Work {
             head,
             forward: Forward::default(),
-            response: ResponseContext::default(),
-            route: Some(check.route),
-            principal: None,
-            log_path: normalize_path_with(&head.path, self.firewall.path_parameters)
-                .map(|n| n.path)
-                .unwrap_or_default(),
+            response: headers_phase.clone(),
+            route: self.routes.get(check.route),
+            principal: base.principal.clone(),
+            log_path,
             allow_event: None,
             kept_credential: None,
         };
-        work.response.request_id.clone_from(&head.request_id);
         let outcome = self
             .decide_body(head, check, body, env)
             .map(|()| Verdict::Allow(Forward::default()));

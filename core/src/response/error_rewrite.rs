@@ -164,10 +164,6 @@ impl ErrorRewrite {
         })
     }
 
-    pub fn rewrite_upstream(&self) -> RewriteUpstream {
-        self.rewrite_upstream
-    }
-
     /// Decides what to do with a response, from its status, who produced it and whether the
     /// request was HEAD. Only 4xx and 5xx are ever touched.
     ///

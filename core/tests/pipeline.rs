@@ -1,0 +1,347 @@
+//! The whole request pipeline, natively (fake clock, in-memory store): the order of the stages,
+//! report mode, identity headers, the owner rule's 404, and the body phase's decision. The same
+//! behaviours through a real Envoy are in `tests/envoy_*.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use api_guard_core::authn::api_keys::key_sha256_hex;
+use api_guard_core::authn::jwt::alg::Alg;
+use api_guard_core::authn::jwt::cache::TokenCache;
+use api_guard_core::authn::jwt::remote::RemoteKeys;
+use api_guard_core::authn::jwt::verifier::RustVerifier;
+use api_guard_core::config;
+use api_guard_core::limits::rate_limit::{Limiter, MemoryStore};
+use api_guard_core::pipeline::policy::{Decision, Forward, Policy, RequestEnv, Verdict};
+use api_guard_core::request::head::RequestHead;
+use api_guard_core::support::mint;
+use serde_json::{json, Value};
+
+const ISSUER: &str = "https://idp.test";
+const AUDIENCE: &str = "https://api.test";
+const NOW_S: u64 = 1_800_000_000;
+const READER_KEY: &str = "ag_test_reader-0000000000000000";
+const WRITER_KEY: &str = "ag_test_writer-1111111111111111";
+
+fn key(name: &str) -> Value {
+    let path = format!("{}/../tests/keys/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn token(sub: &str, roles: Value) -> String {
+    let claims = json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles,
+                         "iat": NOW_S, "exp": NOW_S + 600 });
+    mint::sign(&key("p256"), Alg::ES256, claims.as_object().unwrap()).unwrap()
+}
+
+fn policy(mode: &str) -> Policy {
+    let config = json!({
+        "mode": mode,
+        "jwt": { "providers": [{
+            "name": "main", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
+            "jwks": { "inline": { "keys": [mint::public_jwk(&key("p256"))] } },
+            "claims_to_headers": [ { "claim": "sub", "header": "x-user-id" } ]
+        }]},
+        // Two keys: the second one's id and scopes must be the ones that flow on.
+        "api_keys": { "keys": [
+            { "id": "reader", "prefix": "ag_test_reader-", "sha256": key_sha256_hex(READER_KEY),
+              "scopes": ["docs:read"] },
+            { "id": "writer", "prefix": "ag_test_writer-", "sha256": key_sha256_hex(WRITER_KEY),
+              "scopes": ["docs:write"] }
+        ]},
+        "rate_limits": { "tight": { "requests": 2, "window_seconds": 60, "key": "ip" } },
+        "routes": [
+            { "name": "public", "match": { "path_prefix": "/public/" }, "auth": "none" },
+            { "name": "login", "match": { "path_exact": "/login" }, "auth": "jwt",
+              "rate_limit": "tight" },
+            { "name": "limited-admin", "match": { "path_exact": "/limited-admin" }, "auth": "jwt",
+              "rate_limit": "tight", "require": { "roles_any": ["admin"] } },
+            { "name": "own-docs", "match": { "path_template": "/users/{id}/documents",
+              "methods": ["GET"] }, "auth": "jwt", "owner": { "param": "id", "claim": "sub" },
+              "require": { "roles_any": ["editor"] } },
+            { "name": "writes", "match": { "path_prefix": "/writes/" }, "auth": "api_key",
+              "require": { "scopes_all": ["docs:write"] } },
+            { "name": "signup", "match": { "path_exact": "/signup", "methods": ["POST"] },
+              "auth": "jwt", "max_body_bytes": 4096,
+              "body_schema": { "type": "object", "required": ["email"],
+                "properties": { "email": { "type": "string" } } } },
+            { "name": "default", "match": { "path_prefix": "/" }, "auth": "jwt" }
+        ]
+    });
+    config::load(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// One client (one IP) against one policy.
+struct Client {
+    policy: Policy,
+    host: Host,
+}
+
+/// What the host lends a request: the in-memory store, the caches, a fixed clock.
+struct Host {
+    store: MemoryStore,
+    cache: TokenCache,
+    keys: RemoteKeys,
+    limiter: Limiter,
+}
+
+impl Host {
+    fn env(&mut self) -> RequestEnv<'_> {
+        RequestEnv {
+            now_ms: NOW_S * 1000,
+            verifier: &RustVerifier,
+            token_cache: &mut self.cache,
+            shared: &self.store,
+            limiter: Some(&self.limiter),
+            remote_keys: &self.keys,
+            may_wait_for_keys: false,
+        }
+    }
+}
+
+impl Client {
+    fn new(mode: &str) -> Client {
+        Client {
+            policy: policy(mode),
+            host: Host {
+                store: MemoryStore::default(),
+                cache: TokenCache::new(8),
+                keys: RemoteKeys::default(),
+                limiter: Limiter::new([7; 32]),
+            },
+        }
+    }
+
+    fn head(method: &str, path: &str, extra: &[(&str, &str)]) -> RequestHead {
+        let mut headers = vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "api.test".to_string()),
+            ("x-request-id".to_string(), "rid-1".to_string()),
+        ];
+        headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        RequestHead::from_host(headers, Some("10.0.0.1:1234"))
+    }
+
+    fn send(&mut self, method: &str, path: &str, extra: &[(&str, &str)]) -> Decision {
+        let head = Client::head(method, path, extra);
+        self.policy.check_request(&head, &mut self.host.env())
+    }
+}
+
+/// (status, event name, error code) of a decision; 200 and the event, if any, for an allow.
+fn outcome(decision: &Decision) -> (u16, Option<&'static str>) {
+    let status = match &decision.verdict {
+        Verdict::Allow(_) => 200,
+        Verdict::Deny(reply) => reply.status,
+        Verdict::NeedBody { .. } => 100,
+        other => panic!("unexpected verdict {other:?}"),
+    };
+    (status, decision.event.as_ref().map(|e| e.event))
+}
+
+fn forward(decision: &Decision) -> &Forward {
+    match &decision.verdict {
+        Verdict::Allow(forward) | Verdict::NeedBody { forward, .. } => forward,
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+fn bearer(sub: &str, roles: Value) -> String {
+    format!("Bearer {}", token(sub, roles))
+}
+
+#[test]
+fn the_screen_comes_before_authentication_and_routing() {
+    let mut client = Client::new("enforce");
+    // No credential and a path parameter: the screen answers, not authentication.
+    assert_eq!(
+        outcome(&client.send("GET", "/admin;x=1/x", &[])),
+        (400, Some("bad_request"))
+    );
+    // A credential in the URL is refused before the route (which is public) is considered.
+    assert_eq!(
+        outcome(&client.send("GET", "/public/x?access_token=abc", &[])),
+        (400, Some("credentials_in_url"))
+    );
+    assert_eq!(outcome(&client.send("GET", "/public/x", &[])), (200, None));
+}
+
+#[test]
+fn refused_credentials_still_count_against_the_rate_limit() {
+    let mut client = Client::new("enforce");
+    let forged = format!("Bearer {}x", token("alice", json!([])));
+    for _ in 0..2 {
+        assert_eq!(
+            outcome(&client.send("GET", "/login", &[("authorization", &forged)])),
+            (401, Some("auth_failure"))
+        );
+    }
+    // The third attempt is over the limit, even with a valid token: brute force is throttled.
+    let valid = bearer("alice", json!([]));
+    assert_eq!(
+        outcome(&client.send("GET", "/login", &[("authorization", &valid)])),
+        (429, Some("rate_limited"))
+    );
+}
+
+#[test]
+fn the_rate_limit_comes_before_authorization() {
+    let mut client = Client::new("enforce");
+    let viewer = bearer("bob", json!(["viewer"]));
+    for _ in 0..2 {
+        assert_eq!(
+            outcome(&client.send("GET", "/limited-admin", &[("authorization", &viewer)])),
+            (403, Some("authz_denied"))
+        );
+    }
+    assert_eq!(
+        outcome(&client.send("GET", "/limited-admin", &[("authorization", &viewer)])),
+        (429, Some("rate_limited"))
+    );
+}
+
+#[test]
+fn requirements_answer_403_before_the_owner_rule_answers_404() {
+    let mut client = Client::new("enforce");
+    // Not an editor, and not the owner: the requirement is checked first.
+    let viewer = bearer("bob", json!(["viewer"]));
+    assert_eq!(
+        outcome(&client.send(
+            "GET",
+            "/users/alice/documents",
+            &[("authorization", &viewer)]
+        )),
+        (403, Some("authz_denied"))
+    );
+    // An editor who is not the owner: 404, exactly like a missing object, never 403.
+    let editor = bearer("bob", json!(["editor"]));
+    let decision = client.send(
+        "GET",
+        "/users/alice/documents",
+        &[("authorization", &editor)],
+    );
+    assert_eq!(outcome(&decision), (404, Some("authz_denied")));
+    match &decision.verdict {
+        Verdict::Deny(reply) => assert!(reply.body.contains("\"not_found\""), "{}", reply.body),
+        other => panic!("{other:?}"),
+    }
+    assert!(decision.event.unwrap().reason.starts_with("owner:"));
+    // HEAD is GET's twin: the owner rule covers it.
+    assert_eq!(
+        outcome(&client.send(
+            "HEAD",
+            "/users/alice/documents",
+            &[("authorization", &editor)]
+        )),
+        (404, Some("authz_denied"))
+    );
+    let own = client.send("GET", "/users/bob/documents", &[("authorization", &editor)]);
+    assert_eq!(outcome(&own), (200, Some("authz_allowed")));
+}
+
+#[test]
+fn identity_headers_are_the_filters_to_set() {
+    let mut client = Client::new("enforce");
+    let spoofed = [
+        ("x-user-id", "root"),
+        ("x_user_id", "root"),
+        ("x-api-key-id", "writer"),
+    ];
+    // On a public route, with no credential: removed all the same.
+    let public = client.send("GET", "/public/x", &spoofed);
+    let removed = &forward(&public).remove_headers;
+    for (name, _) in spoofed {
+        assert!(
+            removed.iter().any(|h| h == name),
+            "{name} not removed: {removed:?}"
+        );
+    }
+    // With a verified token: removed, and set from the token.
+    let mut extra = spoofed.to_vec();
+    let alice = bearer("alice", json!([]));
+    extra.push(("authorization", &alice));
+    let verified = client.send("GET", "/anything", &extra);
+    let fwd = forward(&verified);
+    assert!(fwd.remove_headers.iter().any(|h| h == "x_user_id"));
+    assert!(fwd.remove_headers.iter().any(|h| h == "authorization"));
+    assert!(fwd
+        .set_headers
+        .contains(&("x-user-id".to_string(), "alice".to_string())));
+}
+
+#[test]
+fn the_verified_api_key_is_the_one_whose_id_and_scopes_flow_on() {
+    let mut client = Client::new("enforce");
+    let decision = client.send("PUT", "/writes/doc-1", &[("x-api-key", WRITER_KEY)]);
+    assert_eq!(outcome(&decision), (200, Some("authz_allowed")));
+    assert!(forward(&decision)
+        .set_headers
+        .contains(&("x-api-key-id".to_string(), "writer".to_string())));
+    assert_eq!(
+        decision.response.event_base.principal.as_deref(),
+        Some("writer")
+    );
+    // The first key has no write scope: its id and scopes are never handed to another key.
+    let reader = client.send("PUT", "/writes/doc-1", &[("x-api-key", READER_KEY)]);
+    assert_eq!(outcome(&reader), (403, Some("authz_denied")));
+    assert_eq!(reader.event.unwrap().principal.as_deref(), Some("reader"));
+}
+
+#[test]
+fn report_mode_logs_what_it_would_refuse_and_still_strips_credentials() {
+    let mut client = Client::new("report");
+    let editor = bearer("bob", json!(["editor"]));
+    let decision = client.send(
+        "GET",
+        "/users/alice/documents",
+        &[("authorization", &editor), ("x-user-id", "alice")],
+    );
+    let event = decision.event.clone().unwrap();
+    assert_eq!(
+        (event.event, event.mode, event.status),
+        ("authz_denied", "report", 404)
+    );
+    let fwd = forward(&decision);
+    assert!(fwd.remove_headers.iter().any(|h| h == "authorization"));
+    assert!(fwd.remove_headers.iter().any(|h| h == "x-user-id"));
+}
+
+#[test]
+fn a_body_refusal_is_logged_with_the_principal_of_the_headers_phase() {
+    let mut client = Client::new("enforce");
+    let alice = bearer("alice", json!([]));
+    let head = Client::head(
+        "POST",
+        "/signup",
+        &[
+            ("authorization", &alice),
+            ("content-type", "application/json"),
+        ],
+    );
+    let Client { policy, host } = &mut client;
+    let headers_phase = policy.check_request(&head, &mut host.env());
+    let Verdict::NeedBody { check, .. } = &headers_phase.verdict else {
+        panic!("{:?}", headers_phase.verdict);
+    };
+    let body = policy.check_body(
+        &head,
+        check,
+        br#"{"name":"no email"}"#,
+        &headers_phase.response,
+        &host.env(),
+    );
+    assert_eq!(outcome(&body), (400, Some("bad_request")));
+    let event = body.event.unwrap();
+    assert_eq!(event.principal.as_deref(), Some("alice"));
+    assert_eq!(event.route.as_deref(), Some("signup"));
+    assert_eq!(event.client, "10.0.0.1");
+    assert_eq!(event.request_id, "rid-1");
+    let ok = policy.check_body(
+        &head,
+        check,
+        br#"{"email":"a@b.test"}"#,
+        &headers_phase.response,
+        &host.env(),
+    );
+    assert_eq!(outcome(&ok), (200, None));
+}
