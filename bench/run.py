@@ -20,10 +20,11 @@ Workloads: hot (one valid token), cold (20,000 distinct valid tokens, round robi
 Configurations are interleaved in rounds and medians reported: this machine is shared and noisy.
 
   python3 bench/run.py [--rounds 5] [--duration 6] [--warmup 2] [--connections 32] [--out bench/results.md]
-                       [--baseline path/to/older/api_guard.wasm]
---baseline adds a configuration `baseline`: an earlier build of api_guard.wasm with the same config,
-measured in the same rounds, so that a change to the request path is reported against its baseline
-in one run (column "/ baseline").
+                       [--baseline [LABEL=]path/to/older/api_guard.wasm ...]
+--baseline adds a configuration (named LABEL, default `baseline`): an earlier build of
+api_guard.wasm with the same config, measured in the same rounds, so that a change to the request
+path is reported against its baseline in one run (a column "/ LABEL" for api-guard). Repeat it to
+measure several earlier builds.
 """
 
 import argparse
@@ -49,6 +50,8 @@ WASM = ROOT / "target/wasm32-wasip1/release/api_guard.wasm"
 EMPTY_WASM = ROOT / "target/empty-filter/wasm32-wasip1/release/empty_filter.wasm"
 FLOOR_WASM = ROOT / "target/hostcall-floor/wasm32-wasip1/release/hostcall_floor.wasm"
 WASM_KINDS = {"api-guard": WASM, "empty-wasm": EMPTY_WASM, "hostcall-floor": FLOOR_WASM}
+# Earlier builds of api_guard.wasm given with --baseline (their labels, in order).
+BASELINES = []
 KEY = ROOT / "tests/keys/p256.json"
 ISSUER = "https://issuer.bench.test"
 AUDIENCE = "https://api.bench.test"
@@ -164,7 +167,7 @@ typed_per_filter_config:
     enable_x_ratelimit_headers: DRAFT_VERSION_03
 """
     elif kind in WASM_KINDS:
-        config = json.dumps(api_guard_config(limit)) if kind in ("api-guard", "baseline") else ""
+        config = json.dumps(api_guard_config(limit)) if kind in ["api-guard", *BASELINES] else ""
         wasm = WASM_KINDS[kind]
         filters = f"""
 - name: envoy.filters.http.wasm
@@ -350,12 +353,17 @@ def main():
     parser.add_argument("--kinds", default="bare,empty-wasm,hostcall-floor,native,api-guard",
                         help="configurations to run (the table needs native and api-guard)")
     parser.add_argument("--out", default=str(ROOT / "bench/results.md"))
-    parser.add_argument("--baseline", help="an earlier api_guard.wasm, measured beside this one")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="[LABEL=]an earlier api_guard.wasm, measured beside this one (repeatable)")
     args = parser.parse_args()
-    if args.baseline:
-        if not Path(args.baseline).exists():
-            sys.exit(f"{args.baseline} not found")
-        WASM_KINDS["baseline"] = Path(args.baseline)
+    for given in args.baseline:
+        label, _, path = given.rpartition("=") if "=" in given else ("baseline", "", given)
+        if not Path(path).exists():
+            sys.exit(f"{path} not found")
+        if label in WASM_KINDS or label in ("bare", "native"):
+            sys.exit(f"--baseline label {label!r} is taken")
+        WASM_KINDS[label] = Path(path)
+        BASELINES.append(label)
     for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build"),
                        (EMPTY_WASM, "make bench"), (FLOOR_WASM, "make bench")]:
         if not Path(path).exists():
@@ -380,10 +388,9 @@ def main():
 
     workloads = args.workloads.split(",")
     chosen = args.kinds.split(",")
-    if args.baseline:
-        chosen.append("baseline")
-    hot_kinds = [k for k in ["bare", "empty-wasm", "hostcall-floor", "native", "baseline", "api-guard"] if k in chosen]
-    other_kinds = [k for k in ["native", "baseline", "api-guard"] if k in chosen]
+    chosen.extend(BASELINES)
+    hot_kinds = [k for k in ["bare", "empty-wasm", "hostcall-floor", "native", *BASELINES, "api-guard"] if k in chosen]
+    other_kinds = [k for k in ["native", *BASELINES, "api-guard"] if k in chosen]
     plan = [(w, k) for w in workloads for k in (hot_kinds if w == "hot" else other_kinds)]
     results = {key: [] for key in plan}
     print(f"wrk -t1 -c{args.connections}: {args.duration}s per run after {args.warmup}s warm-up, "
@@ -407,9 +414,9 @@ def main():
             return ""
         return f"{statistics.median(a['rps'] / b['rps'] for a, b in pairs):.2f}"
 
-    base_col = " / baseline |" if args.baseline else ""
+    base_col = "".join(f" / {b} |" for b in BASELINES)
     lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | / native | / bare |" + base_col,
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if args.baseline else "")]
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(BASELINES)]
     for workload in workloads:
         kinds = hot_kinds if workload == "hot" else other_kinds
         for kind in kinds:
@@ -420,7 +427,7 @@ def main():
             lines.append(f"| {workload} | {kind} | {med(workload, kind, 'rps'):.0f} | {med(workload, kind, 'p50'):.2f} | "
                          f"{med(workload, kind, 'p99'):.2f} | {sum(r['non2xx'] for r in rows)} | {growth:+.1f}% | "
                          f"{ratio_native} | {ratio_bare} |"
-                         + (f" {ratio(workload, kind, 'baseline') if kind == 'api-guard' else ''} |" if args.baseline else ""))
+                         + "".join(f" {ratio(workload, kind, b) if kind == 'api-guard' else ''} |" for b in BASELINES))
     wasm_size = WASM.stat().st_size
     table = "\n".join(lines)
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "

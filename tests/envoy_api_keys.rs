@@ -12,9 +12,11 @@ mod common;
 use api_guard_core::authn::api_keys::key_sha256_hex;
 use api_guard_core::authn::jwt::alg::Alg;
 use api_guard_core::support::mint;
-use common::{assert_refusal, test_key, unix_now, Envoy, Response};
-use serde_json::{json, Map, Value};
-use std::time::{Duration, Instant};
+use common::{
+    assert_refusal, bearer, claims, event_of, only_upstream_request, sign, test_key, unix_now,
+    Envoy, Response,
+};
+use serde_json::{json, Value};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -23,8 +25,6 @@ const AUDIENCE: &str = "https://api.test";
 const KEY_HEADER: &str = "x-service-key";
 const CHALLENGE_NONE: &str = r#"Bearer realm="api""#;
 const CHALLENGE_BAD: &str = r#"Bearer realm="api", error="invalid_token""#;
-/// Generous: the machine may be loaded (a wait only lasts this long when something is wrong).
-const LOG_WAIT: Duration = Duration::from_secs(20);
 
 // Keys with known values; the configuration holds only their SHA-256.
 /// `billing-svc`: invoices:read invoices:write, expires in 2099.
@@ -53,30 +53,19 @@ const ALL_KEYS: [&str; 7] = [
     UNKNOWN_PREFIX_KEY,
 ];
 
-fn claims(extra: Value) -> Map<String, Value> {
-    let mut claims =
-        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": unix_now(), "exp": unix_now() + 600 })
-            .as_object()
-            .unwrap()
-            .clone();
-    for (k, v) in extra.as_object().unwrap() {
-        if v.is_null() {
-            claims.remove(k);
-        } else {
-            claims.insert(k.clone(), v.clone());
-        }
-    }
-    claims
+/// Valid claims for alice from this file's issuer; `extra` adds, replaces or (`null`) removes.
+fn alice(extra: Value) -> Value {
+    claims(ISSUER, AUDIENCE, "alice", extra)
 }
 
 /// A valid ES256 token (sub `alice` unless `extra` says otherwise).
 fn token(extra: Value) -> String {
-    mint::sign(&test_key("p256"), Alg::ES256, &claims(extra)).unwrap()
+    sign("p256", Alg::ES256, &alice(extra))
 }
 
 /// Signed by a key the provider does not know.
 fn forged_token(extra: Value) -> String {
-    mint::sign(&test_key("p256-other"), Alg::ES256, &claims(extra)).unwrap()
+    sign("p256-other", Alg::ES256, &alice(extra))
 }
 
 fn expired_token(extra: Value) -> String {
@@ -85,10 +74,6 @@ fn expired_token(extra: Value) -> String {
     extra.insert("iat".into(), json!(t - 1000));
     extra.insert("exp".into(), json!(t - 300));
     token(Value::Object(extra))
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 fn key_entry(
@@ -168,45 +153,6 @@ fn assert_refused_before_upstream(
         envoy.upstream_requests().is_empty(),
         "{case}: nothing reaches the upstream"
     );
-}
-
-/// The one request the upstream received since the last clear.
-fn only_upstream_request(envoy: &Envoy, case: &str) -> common::RecordedRequest {
-    let seen = envoy.upstream_requests();
-    assert_eq!(seen.len(), 1, "{case}: exactly one request upstream");
-    seen.into_iter().next().unwrap()
-}
-
-const EVENT_START: &str = "{\"type\":\"security_event\"";
-
-/// The security event of the request that got `response`, found by its request id. Polls until
-/// the event's line is complete in the log.
-fn event_of(envoy: &Envoy, case: &str, response: &Response) -> Value {
-    let request_id = response
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("{case}: x-request-id header"))
-        .to_string();
-    let needle = format!("\"request_id\":\"{request_id}\"");
-    let deadline = Instant::now() + LOG_WAIT;
-    loop {
-        let log = envoy.log();
-        let events: Option<Vec<Value>> = log
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .filter_map(|l| l.find(EVENT_START).map(|i| &l[i..]))
-            .map(|json| serde_json::from_str::<Value>(json).ok())
-            .collect();
-        if let Some(events) = events.filter(|e| !e.is_empty()) {
-            assert_eq!(events.len(), 1, "{case}: one event per request: {events:?}");
-            let event = events.into_iter().next().unwrap();
-            assert_eq!(event["request_id"], request_id.as_str(), "{case}");
-            return event;
-        }
-        if Instant::now() >= deadline {
-            panic!("{case}: no security event with request id {request_id} after {LOG_WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Checks the event of an authorization decision.

@@ -12,10 +12,11 @@
 mod common;
 
 use common::{
-    assert_refusal, send_h2c, Envoy, EnvoyOptions, H2Outcome, H2Request, RecordedRequest, Response,
+    assert_refusal, event_line_with_id, event_of, only_upstream_request, send_h2c, Envoy,
+    EnvoyOptions, H2Outcome, H2Request, Response,
 };
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Sha256;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -211,44 +212,10 @@ fn assert_filter_refusal(case: &str, response: &Response, status: u16, code: &st
     }
 }
 
-/// The security event with `response`'s request id.
-fn event_for(envoy: &Envoy, case: &str, response: &Response) -> Value {
-    event_with_id(envoy, case, response.header("x-request-id").unwrap())
-}
-
-/// The security event with this request id.
-fn event_with_id(envoy: &Envoy, case: &str, request_id: &str) -> Value {
-    let needle = format!("\"request_id\":\"{request_id}\"");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = envoy.log().lines().find_map(|line| {
-            if !line.contains(&needle) {
-                return None;
-            }
-            let start = line.find("{\"type\":\"security_event\"")?;
-            serde_json::from_str::<Value>(line[start..].trim_end()).ok()
-        });
-        if let Some(event) = found {
-            return event;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{case}: no event for {request_id}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn assert_too_large_event(envoy: &Envoy, case: &str, response: &Response) {
-    let event = event_for(envoy, case, response);
+    let event = event_of(envoy, case, response);
     assert_eq!(event["event"], "payload_too_large", "{case}: {event}");
     assert_eq!(event["status"], 413, "{case}: {event}");
-}
-
-fn only_upstream_request(envoy: &Envoy, case: &str) -> RecordedRequest {
-    let seen = envoy.upstream_requests();
-    assert_eq!(seen.len(), 1, "{case}: requests upstream");
-    seen.into_iter().next().unwrap()
 }
 
 fn h2(envoy: &Envoy, request: &H2Request<'_>, case: &str) -> Response {
@@ -585,7 +552,7 @@ fn report_mode_forwards_an_oversized_held_body_intact() {
     );
     let upstream = only_upstream_request(&envoy, "report");
     let request_id = upstream.header("x-request-id").unwrap();
-    let event = event_with_id(&envoy, "report", request_id);
+    let event = event_line_with_id(&envoy, "report", request_id).0;
     assert_eq!(event["event"], "payload_too_large", "report: {event}");
     assert_eq!(event["mode"], "report", "report: {event}");
     assert_eq!(event["route"], "small", "report: {event}");

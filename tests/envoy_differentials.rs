@@ -12,7 +12,7 @@ mod common;
 use api_guard_core::authn::api_keys::key_sha256_hex;
 use api_guard_core::authn::jwt::alg::Alg;
 use api_guard_core::support::mint;
-use common::{assert_refusal, test_key, unix_now, Envoy, Response};
+use common::{assert_refusal, bearer, claims, sign, test_key, Envoy, Response};
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://issuer.test";
@@ -21,10 +21,8 @@ const AUDIENCE: &str = "https://api.test";
 const API_KEY: &str = "ag_live_differentials0123456789abcdef";
 
 fn token_for(issuer: &str, key: &str, sub: &str, roles: Value) -> String {
-    let now = unix_now();
-    let claims = json!({ "iss": issuer, "aud": AUDIENCE, "sub": sub, "roles": roles,
-                         "scope": "documents:read", "iat": now, "exp": now + 600 });
-    mint::sign(&test_key(key), Alg::ES256, claims.as_object().unwrap()).unwrap()
+    let extra = json!({ "roles": roles, "scope": "documents:read" });
+    sign(key, Alg::ES256, &claims(issuer, AUDIENCE, sub, extra))
 }
 
 fn bob() -> String {
@@ -80,10 +78,6 @@ fn plugin_config(firewall: Value) -> String {
 
 /// (case, path, headers) of a request carrying credentials the filter did not verify.
 type CredentialCase = (&'static str, &'static str, Vec<(&'static str, String)>);
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 /// A refusal that reached nothing upstream.
 fn refused(envoy: &Envoy, case: &str, response: &Response, status: u16, code: &str) {

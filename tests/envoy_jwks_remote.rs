@@ -11,7 +11,7 @@ mod common;
 use api_guard_core::authn::jwt::alg::Alg;
 use api_guard_core::support::mint;
 use common::idp::{Behavior, Idp};
-use common::{test_key, unix_now, Envoy, EnvoyOptions, Response};
+use common::{assert_envelope, test_key, unix_now, Envoy, EnvoyOptions, Response};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -105,21 +105,6 @@ fn wait_for_count(envoy: &Envoy, needle: &str, n: usize, timeout: Duration) -> b
         thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-fn assert_envelope(case: &str, response: &Response, status: u16, code: &str) {
-    assert_eq!(
-        response.status,
-        status,
-        "{case}: status; body {}",
-        response.body_str()
-    );
-    assert_eq!(response.json()["code"], code, "{case}: code");
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/json"),
-        "{case}"
-    );
 }
 
 #[test]

@@ -8,32 +8,21 @@ mod common;
 
 use api_guard_core::authn::jwt::alg::Alg;
 use api_guard_core::support::mint;
-use common::{assert_refusal, test_key, unix_now, Envoy};
-use serde_json::{json, Map, Value};
+use common::{assert_refusal, bearer, claims, sign, test_key, unix_now, Envoy};
+use serde_json::{json, Value};
 use std::time::Duration;
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
 const COOKIE_ISSUER: &str = "https://cookie-issuer.test";
 
-fn claims(extra: Value) -> Map<String, Value> {
-    let mut claims =
-        json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": unix_now(), "exp": unix_now() + 600 })
-            .as_object()
-            .unwrap()
-            .clone();
-    for (k, v) in extra.as_object().unwrap() {
-        if v.is_null() {
-            claims.remove(k);
-        } else {
-            claims.insert(k.clone(), v.clone());
-        }
-    }
-    claims
+/// Valid claims for alice from this file's issuer; `extra` adds, replaces or (`null`) removes.
+fn alice(extra: Value) -> Value {
+    claims(ISSUER, AUDIENCE, "alice", extra)
 }
 
 fn token(key_name: &str, alg: Alg, extra: Value) -> String {
-    mint::sign(&test_key(key_name), alg, &claims(extra)).unwrap()
+    sign(key_name, alg, &alice(extra))
 }
 
 fn public_keys(names: &[&str]) -> Value {
@@ -82,10 +71,6 @@ fn plugin_config(mode: &str) -> String {
         ]
     })
     .to_string()
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 #[test]
@@ -230,7 +215,7 @@ fn jwt_authentication_through_envoy() {
             "alg none",
             {
                 let body = api_guard_core::authn::jwt::b64url::encode(
-                    Value::Object(claims(json!({}))).to_string().as_bytes(),
+                    alice(json!({})).to_string().as_bytes(),
                 );
                 format!(
                     "{}.{body}.",
@@ -245,9 +230,7 @@ fn jwt_authentication_through_envoy() {
                 let good = token("p256", Alg::ES256, json!({ "sub": "alice" }));
                 let parts: Vec<&str> = good.split('.').collect();
                 let forged = api_guard_core::authn::jwt::b64url::encode(
-                    Value::Object(claims(json!({ "sub": "admin" })))
-                        .to_string()
-                        .as_bytes(),
+                    alice(json!({ "sub": "admin" })).to_string().as_bytes(),
                 );
                 format!("{}.{forged}.{}", parts[0], parts[2])
             },
@@ -365,12 +348,11 @@ fn jwt_authentication_through_envoy() {
 
     // Cookie provider: its token comes from the cookie and is forwarded (forward_token: true).
     envoy.clear_upstream_requests();
-    let cookie_token = mint::sign(
-        &test_key("p256-other"),
+    let cookie_token = sign(
+        "p256-other",
         Alg::ES256,
-        &claims(json!({ "iss": COOKIE_ISSUER, "sub": "bob" })),
-    )
-    .unwrap();
+        &alice(json!({ "iss": COOKIE_ISSUER, "sub": "bob" })),
+    );
     let cookie = format!("theme=dark; session={cookie_token}");
     let response = envoy.request("GET", "/api/documents", &[("cookie", &cookie)]);
     assert_eq!(

@@ -32,8 +32,8 @@ mod common;
 
 use api_guard_core::authn::jwt::alg::Alg;
 use api_guard_core::support::mint;
-use common::{test_key, unix_now, Envoy, EnvoyOptions, Response};
-use serde_json::{json, Map, Value};
+use common::{bearer, claims, sign, test_key, unix_now, Envoy, EnvoyOptions, Response};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -333,17 +333,11 @@ fn assert_rate_limited(case: &str, response: &Response) -> u64 {
 
 /// A JWT for `sub` that the provider of [`jwt_section`] accepts (HS256).
 fn token_for(sub: &str) -> String {
-    let claims: Map<String, Value> = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": unix_now(), "exp": unix_now() + 600
-    })
-    .as_object()
-    .unwrap()
-    .clone();
-    mint::sign(&test_key("hs512"), Alg::HS256, &claims).unwrap()
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+    sign(
+        "hs512",
+        Alg::HS256,
+        &claims(ISSUER, AUDIENCE, sub, json!({})),
+    )
 }
 
 fn jwt_section() -> Value {

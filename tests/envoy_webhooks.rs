@@ -16,7 +16,7 @@
 mod common;
 
 use base64::Engine;
-use common::{unix_now, Envoy, Response};
+use common::{assert_envelope, event_line_with_id, unix_now, Envoy, Response};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -25,7 +25,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // ---- Vectors produced independently of api-guard ------------------------------------------------
 
@@ -218,45 +218,6 @@ fn hdr(name: &str, value: &str) -> Vec<(String, String)> {
     vec![(name.to_string(), value.to_string())]
 }
 
-/// The envelope of a filter refusal: status, content-type, exactly the documented fields, the
-/// request id matching the header. Returns the parsed body.
-fn assert_envelope(case: &str, response: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(
-        response.status,
-        status,
-        "{case}: status; body {}",
-        response.body_str()
-    );
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/json"),
-        "{case}: content-type"
-    );
-    let request_id = response
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("{case}: x-request-id header"));
-    assert!(!request_id.is_empty(), "{case}: empty request id");
-    let body = response.json();
-    let object = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{case}: body not an object: {body}"));
-    let mut expected_fields = vec!["code", "error", "request_id"];
-    if object.contains_key("details") {
-        expected_fields.push("details");
-    }
-    let mut fields: Vec<&str> = object.keys().map(String::as_str).collect();
-    fields.sort_unstable();
-    expected_fields.sort_unstable();
-    assert_eq!(fields, expected_fields, "{case}: envelope fields: {body}");
-    assert_eq!(body["code"], code, "{case}: code");
-    assert_eq!(body["request_id"], request_id, "{case}: request_id");
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{case}: error sentence"
-    );
-    body
-}
-
 /// A refusal with the plain three-field envelope (no `details`).
 fn assert_refusal(case: &str, response: &Response, status: u16, code: &str) {
     let body = assert_envelope(case, response, status, code);
@@ -264,35 +225,6 @@ fn assert_refusal(case: &str, response: &Response, status: u16, code: &str) {
         body.get("details").is_none(),
         "{case}: no details expected: {body}"
     );
-}
-
-/// The security event logged for `response` (found by its request id), and the Envoy thread
-/// that logged it.
-fn event_for(envoy: &Envoy, case: &str, response: &Response) -> (Value, String) {
-    let request_id = response
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("{case}: x-request-id header"));
-    let needle = format!("\"request_id\":\"{request_id}\"");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = envoy.log();
-        let found = log
-            .lines()
-            .filter(|line| line.contains(&needle))
-            .find_map(|line| {
-                let start = line.find("{\"type\":\"security_event\"")?;
-                let event: Value = serde_json::from_str(line[start..].trim_end()).ok()?;
-                Some((event, log_thread(line)?))
-            });
-        if let Some(found) = found {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{case}: no security event with request id {request_id} in the log"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The thread id of an Envoy log line (`[date time][thread][level][logger] ...`).
@@ -312,7 +244,11 @@ fn assert_event(
     code: &str,
     reason: &str,
 ) -> String {
-    let (event, thread) = event_for(envoy, case, response);
+    let request_id = response
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("{case}: x-request-id header"));
+    let (event, line) = event_line_with_id(envoy, case, request_id);
+    let thread = log_thread(&line).unwrap_or_else(|| panic!("{case}: no thread in {line}"));
     assert_eq!(event["event"], event_name, "{case}: event name: {event}");
     assert_eq!(event["code"], code, "{case}: event code: {event}");
     assert_eq!(
@@ -1310,7 +1246,9 @@ fn send_on_known_worker(
     let mut connection = Connection::open(envoy);
     let probe = connection.request("GET", "/no-such-route/probe", &[], b"", true);
     assert_eq!(probe.status, 404, "{case}: probe");
-    let (_, worker) = event_for(envoy, &format!("{case} (probe)"), &probe);
+    let probe_case = format!("{case} (probe)");
+    let (_, line) = event_line_with_id(envoy, &probe_case, probe.header("x-request-id").unwrap());
+    let worker = log_thread(&line).unwrap_or_else(|| panic!("{probe_case}: no thread in {line}"));
     let response = connection.request("POST", path, headers, body, false);
     (response, worker)
 }

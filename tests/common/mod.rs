@@ -28,11 +28,16 @@
     clippy::panic
 )]
 
+mod checks;
 mod config;
 mod http;
 pub mod idp;
 mod upstream;
 
+pub use checks::{
+    assert_envelope, bearer, claims, event_line_with_id, event_of, only_upstream_request,
+    security_events, sign, wait_for_event, EVENT_START, EVENT_WAIT,
+};
 pub use config::{
     render as render_config, render_with as render_config_with, yaml_quote, ConfigParams,
     RenderExtras,
@@ -590,38 +595,10 @@ pub fn assert_refusal(
     code: &str,
     challenge: Option<&str>,
 ) {
-    assert_eq!(
-        response.status,
-        status,
-        "{case}: status; body {}",
-        response.body_str()
-    );
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/json"),
-        "{case}: content-type"
-    );
-    let request_id = response
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("{case}: x-request-id header"));
-    assert!(!request_id.is_empty(), "{case}: empty request id");
-    let body = response.json();
-    let object = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{case}: body not an object"));
-    assert_eq!(
-        object.len(),
-        3,
-        "{case}: envelope has exactly three fields: {body}"
-    );
-    assert_eq!(body["code"], code, "{case}: code");
-    assert_eq!(
-        body["request_id"], request_id,
-        "{case}: request_id matches the header"
-    );
+    let body = assert_envelope(case, response, status, code);
     assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{case}: error sentence"
+        body.get("details").is_none(),
+        "{case}: envelope has exactly three fields: {body}"
     );
     assert_eq!(
         response.header("www-authenticate"),

@@ -1,4 +1,4 @@
-//! The plugin configuration (the user contract in shared/spec/config.md): parsed strictly,
+//! The plugin configuration (the user contract: README.md, "Configuration"): parsed strictly,
 //! validated whole, and compiled once per VM into an immutable [`Policy`]. Every error names the
 //! JSON path of the offending value.
 
