@@ -136,7 +136,7 @@ bench: build envoy cli
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/hostcall-floor/Cargo.toml \
 		--target-dir target/hostcall-floor
 	python3 bench/run.py
-	cargo bench -p api-guard-core --bench core
+	cargo bench -p api-guard-core --bench core --bench network
 
 ## soak: the demo config (envoy/demo.yaml) at saturation for SOAK_SECONDS (default 600) with a mix
 ## of valid, refused and malformed requests over HTTP/1.1 (wrk) and HTTP/2 (h2load); reports the

@@ -14,6 +14,7 @@ use crate::config::error::{index, join, ConfigError};
 use crate::limits::rate_limit::{self, RateLimit};
 use crate::pipeline::policy::{Auth, Mode, Policy, Route, API_KEY_ID_HEADER};
 use crate::request::firewall::{AmbiguousCase, Firewall, FirewallConfig, OVERRIDE_HEADERS};
+use crate::request::network::IpList;
 use crate::request::routes::{CompiledMatch, MatchConfig};
 use crate::response::cors::{Cors, CorsConfig};
 use crate::response::error_rewrite::{ErrorRewrite, ErrorsConfig};
@@ -48,6 +49,9 @@ struct RawConfig {
     events: EventsConfig,
     #[serde(default)]
     firewall: FirewallConfig,
+    /// CIDRs refused on every route, before anything else is decided about the request.
+    #[serde(default)]
+    deny_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +90,10 @@ struct RawRoute {
     webhook: Option<String>,
     #[serde(default)]
     body_schema: Option<Value>,
+    #[serde(default)]
+    allow_ips: Option<Vec<String>>,
+    #[serde(default)]
+    deny_ips: Option<Vec<String>>,
 }
 
 /// Parses and compiles the plugin configuration. All errors are returned, not just the first.
@@ -188,6 +196,10 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         }
     }
 
+    let deny_ips = raw
+        .deny_ips
+        .as_ref()
+        .and_then(|cidrs| collect(IpList::compile(cidrs, "deny_ips", false), &mut errors));
     if raw.routes.is_empty() {
         errors.push(ConfigError::new(
             "routes",
@@ -257,6 +269,7 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         twin_guarded_headers,
         lower_case_matchers,
         routes_have_upper_case,
+        deny_ips,
     })
 }
 
@@ -353,6 +366,14 @@ fn compile_route(
         .body_schema
         .as_ref()
         .and_then(|s| collect(BodySchema::compile(s, &join(at, "body_schema")), errors));
+    let allow_ips = r
+        .allow_ips
+        .as_ref()
+        .and_then(|cidrs| collect(IpList::compile(cidrs, &join(at, "allow_ips"), true), errors));
+    let deny_ips = r
+        .deny_ips
+        .as_ref()
+        .and_then(|cidrs| collect(IpList::compile(cidrs, &join(at, "deny_ips"), false), errors));
     if errors.len() > before {
         return None;
     }
@@ -366,6 +387,8 @@ fn compile_route(
         max_body_bytes: r.max_body_bytes,
         webhook,
         body_schema,
+        allow_ips,
+        deny_ips,
     })
 }
 

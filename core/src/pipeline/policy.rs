@@ -8,9 +8,10 @@
 //!    method/URL override headers (see [`crate::request::firewall`]);
 //! 2. `screen`: the path is normalised (the upstream gets the path that was matched), the
 //!    method must be upper case, credentials and method overrides in the URL are refused;
+//!    `network`: the top-level `deny_ips`;
 //! 3. `preflight`: CORS preflights are answered (browsers send them without credentials);
 //! 4. `match_route`: the first matching route, refused when ignoring letter case picks
-//!    another one;
+//!    another one; then `network` again for the route's `deny_ips` and `allow_ips`;
 //! 5. `declared_length`: a `Content-Length` over the route's bound is refused;
 //! 6. `authenticate`; its refusals still count against the client's rate limit, so that
 //!    brute force on a login route is throttled;
@@ -39,6 +40,7 @@ use crate::request::firewall::{
     same_after_folding, AmbiguousCase, Firewall, OverrideHeaders, OVERRIDE_QUERY_PARAMETERS,
 };
 use crate::request::head::RequestHead;
+use crate::request::network::IpList;
 use crate::request::routes::{normalize_path_with, CompiledMatch, PathParams};
 use crate::response::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS};
 use crate::response::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
@@ -91,6 +93,10 @@ pub struct Route {
     /// Index into [`Policy::webhooks`].
     pub webhook: Option<usize>,
     pub body_schema: Option<BodySchema>,
+    /// Only these clients may use the route (`routes[].allow_ips`).
+    pub allow_ips: Option<IpList>,
+    /// These clients may not (`routes[].deny_ips`); a deny list wins over the allow list.
+    pub deny_ips: Option<IpList>,
 }
 
 impl Route {
@@ -124,6 +130,8 @@ pub struct Policy {
     /// Whether a route literal has an upper-case letter (else an all-lower-case path needs no
     /// case check).
     pub routes_have_upper_case: bool,
+    /// Clients refused on every route (top-level `deny_ips`).
+    pub deny_ips: Option<IpList>,
 }
 
 /// What the host lends the core for one request.
@@ -509,11 +517,13 @@ impl Policy {
         env: &mut RequestEnv<'_>,
     ) -> Result<Verdict, Refusal> {
         let path = self.screen(work)?;
+        self.network(None, self.deny_ips.as_ref(), work.head)?;
         if let Some(verdict) = self.preflight(work.head)? {
             return Ok(verdict);
         }
         let matched = self.match_route(work, &path)?;
         let route = matched.route;
+        self.network(route.allow_ips.as_ref(), route.deny_ips.as_ref(), work.head)?;
         let body_bound = self.declared_length(route, work.head)?;
         let authenticated = match self.authenticate(route, work, env) {
             Ok(authenticated) => authenticated,
@@ -586,6 +596,38 @@ impl Policy {
             return Err(bad_request("method or URL override header".into()));
         }
         Ok(normalized.path)
+    }
+
+    /// Network: the client's address (as Envoy computed it) against a deny list, which wins,
+    /// and an allow list. An address the host did not give is in no allow list.
+    fn network(
+        &self,
+        allow: Option<&IpList>,
+        deny: Option<&IpList>,
+        head: &RequestHead,
+    ) -> Result<(), Refusal> {
+        if allow.is_none() && deny.is_none() {
+            return Ok(());
+        }
+        let client = head.client_ip();
+        let refused = |reason: String| {
+            Refusal::new(
+                LocalReply::new(ErrorCode::Forbidden, &head.request_id),
+                "ip_denied",
+                reason,
+            )
+        };
+        if let Some(deny) = deny {
+            if let Some(cidr) = deny.matching(client) {
+                return Err(refused(format!("{}: {cidr}", deny.name)));
+            }
+        }
+        if let Some(allow) = allow {
+            if allow.matching(client).is_none() {
+                return Err(refused(format!("{}: not in the list", allow.name)));
+            }
+        }
+        Ok(())
     }
 
     /// Preflight: CORS preflights are answered here, before any route (browsers send them
