@@ -345,3 +345,143 @@ fn a_body_refusal_is_logged_with_the_principal_of_the_headers_phase() {
     );
     assert_eq!(outcome(&ok), (200, None));
 }
+
+fn tls_policy(require_tls: Value, trust_forwarded_proto: bool) -> Policy {
+    let config = json!({
+        "require_tls": require_tls,
+        "trust_forwarded_proto": trust_forwarded_proto,
+        "routes": [ { "name": "open", "match": { "path_prefix": "/" }, "auth": "none" } ]
+    });
+    config::load(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn over(policy: &Policy, method: &str, tls: bool, extra: &[(&str, &str)]) -> Decision {
+    let mut head = Client::head(method, "/docs/a?page=2", extra);
+    head.set_over_tls(tls);
+    let mut host = Client::new("enforce").host;
+    policy.check_request(&head, &mut host.env())
+}
+
+#[test]
+fn require_tls_refuses_or_redirects_plain_text_and_trusts_no_client_header() {
+    let refuse = tls_policy(json!(true), false);
+    assert_eq!(outcome(&over(&refuse, "GET", true, &[])), (200, None));
+    let plain = over(&refuse, "GET", false, &[]);
+    assert_eq!(outcome(&plain), (400, Some("tls_required")));
+    match &plain.verdict {
+        Verdict::Deny(reply) => assert!(reply.body.contains("\"tls_required\"")),
+        other => panic!("{other:?}"),
+    }
+    // A client's own x-forwarded-proto proves nothing unless the operator trusts the hop.
+    let spoofed = over(&refuse, "GET", false, &[("x-forwarded-proto", "https")]);
+    assert_eq!(outcome(&spoofed), (400, Some("tls_required")));
+
+    let redirect = tls_policy(json!("redirect"), false);
+    let get = over(&redirect, "GET", false, &[]);
+    match &get.verdict {
+        Verdict::Deny(reply) => {
+            assert_eq!(reply.status, 308);
+            assert!(reply
+                .headers
+                .contains(&("location".into(), "https://api.test/docs/a?page=2".into())));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(outcome(&over(&redirect, "HEAD", false, &[])).0, 308);
+    // A POST has sent its body in clear text already: refused, not redirected.
+    assert_eq!(
+        outcome(&over(&redirect, "POST", false, &[])),
+        (400, Some("tls_required"))
+    );
+
+    let behind_proxy = tls_policy(json!(true), true);
+    assert_eq!(
+        outcome(&over(
+            &behind_proxy,
+            "GET",
+            false,
+            &[("x-forwarded-proto", "https")]
+        )),
+        (200, None)
+    );
+    for proto in ["http", "https, http", "http, https"] {
+        assert_eq!(
+            outcome(&over(
+                &behind_proxy,
+                "GET",
+                false,
+                &[("x-forwarded-proto", proto)]
+            )),
+            (400, Some("tls_required")),
+            "{proto}"
+        );
+    }
+}
+
+#[test]
+fn require_tls_values_are_checked() {
+    for (value, trust) in [
+        (json!("yes"), false),
+        (json!(1), false),
+        (json!(false), true),
+    ] {
+        let config = json!({ "require_tls": value, "trust_forwarded_proto": trust,
+            "routes": [ { "name": "open", "match": { "path_prefix": "/" }, "auth": "none" } ] });
+        let Err(errors) = config::load(config.to_string().as_bytes()) else {
+            panic!("{value} accepted");
+        };
+        let text = errors[0].to_string();
+        assert!(
+            text.starts_with("require_tls:") || text.starts_with("trust_forwarded_proto:"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn network_lists_come_before_preflights_and_authentication() {
+    let config = json!({
+        "deny_ips": ["10.0.0.0/30"],
+        "cors": { "allow_origins": ["https://app.test"] },
+        "jwt": { "providers": [{
+            "name": "main", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
+            "jwks": { "inline": { "keys": [mint::public_jwk(&key("p256"))] } } }] },
+        "routes": [
+            { "name": "admin", "match": { "path_prefix": "/admin/" }, "auth": "jwt",
+              "allow_ips": ["192.168.0.0/16"] },
+            { "name": "default", "match": { "path_prefix": "/" }, "auth": "jwt" }
+        ]
+    });
+    let policy = config::load(config.to_string().as_bytes()).unwrap();
+    let mut host = Client::new("enforce").host;
+    let preflight = [
+        ("origin", "https://app.test"),
+        ("access-control-request-method", "GET"),
+    ];
+    // 10.0.0.1 (the test client) is in the top-level deny list: even a preflight is refused.
+    let head = Client::head("OPTIONS", "/x", &preflight);
+    let decision = policy.check_request(&head, &mut host.env());
+    assert_eq!(outcome(&decision), (403, Some("ip_denied")));
+    assert_eq!(
+        decision.event.unwrap().reason,
+        "deny_ips: 10.0.0.0/30",
+        "the event names the list and the CIDR"
+    );
+    // The route's allow list answers before authentication (no credential here: still 403).
+    // From 172.16.0.9, whatever X-Forwarded-For says.
+    let head = RequestHead::from_host(
+        vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), "/admin/x".into()),
+            (":authority".into(), "api.test".into()),
+            ("x-forwarded-for".into(), "192.168.1.1".into()),
+        ],
+        Some("172.16.0.9:5000"),
+    );
+    let decision = policy.check_request(&head, &mut host.env());
+    assert_eq!(outcome(&decision), (403, Some("ip_denied")));
+    assert_eq!(
+        decision.event.unwrap().reason,
+        "routes[0].allow_ips: not in the list"
+    );
+}

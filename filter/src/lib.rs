@@ -125,6 +125,17 @@ impl CounterStore for HostSharedData {
     }
 }
 
+/// Whether the downstream connection is TLS: Envoy's `connection.tls_version` is the TLS
+/// version of a TLS connection and absent (or empty) on a plain-text one. A host error is
+/// `None`: the core then treats the request as plain text (fail closed).
+fn connection_is_tls() -> Option<bool> {
+    match hostcalls::get_property(vec!["connection", "tls_version"]) {
+        Ok(Some(version)) => Some(!version.is_empty()),
+        Ok(None) => Some(false),
+        Err(_) => None,
+    }
+}
+
 /// The downstream address (`ip:port`) Envoy computed for this stream.
 fn source_address() -> Option<String> {
     let bytes = hostcalls::get_property(vec!["source", "address"])
@@ -577,7 +588,8 @@ impl HttpState {
             }
             return self.fail_closed("the plugin configuration was refused");
         };
-        let head = RequestHead::from_pairs(&headers, Box::new(source_address));
+        let mut head = RequestHead::from_pairs(&headers, Box::new(source_address));
+        head.set_tls_source(Box::new(connection_is_tls));
         self.response.request_id.clone_from(&head.request_id);
         let decision =
             match decide_with_env(&shared, true, |env| shared.policy.check_request(&head, env)) {

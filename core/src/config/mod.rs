@@ -12,7 +12,7 @@ use crate::body::schema::BodySchema;
 use crate::body::webhook::{Webhook, WebhookConfig};
 use crate::config::error::{index, join, ConfigError};
 use crate::limits::rate_limit::{self, RateLimit};
-use crate::pipeline::policy::{Auth, Mode, Policy, Route, API_KEY_ID_HEADER};
+use crate::pipeline::policy::{Auth, Mode, Policy, RequireTls, Route, API_KEY_ID_HEADER};
 use crate::request::firewall::{AmbiguousCase, Firewall, FirewallConfig, OVERRIDE_HEADERS};
 use crate::request::network::IpList;
 use crate::request::routes::{CompiledMatch, MatchConfig};
@@ -52,6 +52,12 @@ struct RawConfig {
     /// CIDRs refused on every route, before anything else is decided about the request.
     #[serde(default)]
     deny_ips: Option<Vec<String>>,
+    /// `true`, `false` or `"redirect"`: compiled by `compile_require_tls`.
+    #[serde(default)]
+    require_tls: Option<Value>,
+    /// Whether `x-forwarded-proto: https` counts as TLS on a plain-text connection.
+    #[serde(default)]
+    trust_forwarded_proto: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +202,14 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         }
     }
 
+    let require_tls = collect(compile_require_tls(raw.require_tls.as_ref()), &mut errors)
+        .unwrap_or(RequireTls::Off);
+    if raw.trust_forwarded_proto && require_tls == RequireTls::Off {
+        errors.push(ConfigError::new(
+            "trust_forwarded_proto",
+            "only means something with \"require_tls\": set both, or remove it",
+        ));
+    }
     let deny_ips = raw
         .deny_ips
         .as_ref()
@@ -270,7 +284,23 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         lower_case_matchers,
         routes_have_upper_case,
         deny_ips,
+        require_tls,
+        trust_forwarded_proto: raw.trust_forwarded_proto,
     })
+}
+
+/// `require_tls`: `false` (the default), `true` (400 `tls_required`) or `"redirect"` (308 to
+/// https for GET and HEAD).
+fn compile_require_tls(value: Option<&Value>) -> Result<RequireTls, Vec<ConfigError>> {
+    match value {
+        None | Some(Value::Bool(false)) => Ok(RequireTls::Off),
+        Some(Value::Bool(true)) => Ok(RequireTls::Refuse),
+        Some(Value::String(s)) if s == "redirect" => Ok(RequireTls::Redirect),
+        Some(_) => Err(vec![ConfigError::new(
+            "require_tls",
+            "must be true, false or \"redirect\"",
+        )]),
+    }
 }
 
 fn compile_route(

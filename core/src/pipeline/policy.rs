@@ -6,6 +6,7 @@
 //! runs these stages, each a method of its own, in this order (`decide` lists them):
 //! 1. identity headers a client could spoof are always removed, with their `_` twins, and
 //!    method/URL override headers (see [`crate::request::firewall`]);
+//!    `transport` first: with `require_tls`, plain text goes no further;
 //! 2. `screen`: the path is normalised (the upstream gets the path that was matched), the
 //!    method must be upper case, credentials and method overrides in the URL are refused;
 //!    `network`: the top-level `deny_ips`;
@@ -132,6 +133,20 @@ pub struct Policy {
     pub routes_have_upper_case: bool,
     /// Clients refused on every route (top-level `deny_ips`).
     pub deny_ips: Option<IpList>,
+    pub require_tls: RequireTls,
+    /// `x-forwarded-proto: https` counts as TLS (a proxy Envoy trusts terminated it).
+    pub trust_forwarded_proto: bool,
+}
+
+/// `require_tls`: what a request that did not arrive over TLS gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTls {
+    Off,
+    /// 400 `tls_required`.
+    Refuse,
+    /// 308 to the same URL over https for GET and HEAD; 400 `tls_required` for the others
+    /// (a redirected POST would have sent its body in clear text already).
+    Redirect,
 }
 
 /// What the host lends the core for one request.
@@ -516,6 +531,7 @@ impl Policy {
         work: &mut Work<'_, 'p>,
         env: &mut RequestEnv<'_>,
     ) -> Result<Verdict, Refusal> {
+        self.transport(work.head)?;
         let path = self.screen(work)?;
         self.network(None, self.deny_ips.as_ref(), work.head)?;
         if let Some(verdict) = self.preflight(work.head)? {
@@ -539,6 +555,48 @@ impl Policy {
         self.rate_limit(route, &authenticated, work, env)?;
         self.authorize(route, &matched.params, &authenticated, work)?;
         self.forward_or_hold_body(&matched, body_bound, work)
+    }
+
+    /// Transport: with `require_tls`, a request that did not arrive over TLS goes no further.
+    /// TLS is what Envoy saw on the connection; `x-forwarded-proto` only counts when the
+    /// operator says a proxy Envoy trusts terminated TLS in front of it (`trust_forwarded_proto`),
+    /// since any client can send the header.
+    fn transport(&self, head: &RequestHead) -> Result<(), Refusal> {
+        if self.require_tls == RequireTls::Off || head.over_tls() {
+            return Ok(());
+        }
+        if self.trust_forwarded_proto {
+            let mut protos = head.header_values("x-forwarded-proto");
+            // One value, exactly `https`: a list (`http, https`) names several hops, and the
+            // nearest one is what Envoy's trusted hop said.
+            if let (Some(proto), None) = (protos.next(), protos.next()) {
+                if proto.trim().eq_ignore_ascii_case("https") {
+                    return Ok(());
+                }
+            }
+        }
+        let request_id = head.request_id.as_str();
+        let redirectable = matches!(head.method.as_str(), "GET" | "HEAD")
+            && head.unreadable.is_none()
+            && !head.authority.is_empty()
+            && head.path.starts_with('/');
+        if self.require_tls == RequireTls::Redirect && redirectable {
+            let mut reply = LocalReply::new(ErrorCode::TlsRequired, request_id).with_header(
+                "location",
+                &format!("https://{}{}", head.authority, head.path),
+            );
+            reply.status = 308;
+            return Err(Refusal::new(
+                reply,
+                "tls_required",
+                "plain-text request redirected to https",
+            ));
+        }
+        Err(Refusal::new(
+            LocalReply::new(ErrorCode::TlsRequired, request_id),
+            "tls_required",
+            "request not over TLS",
+        ))
     }
 
     /// Screen: what no route may see. An unreadable head, a path that cannot be normalised

@@ -7,6 +7,10 @@ use std::cell::OnceCell;
 /// request, and only some decisions need the address, so it is made the first time one does.
 pub type AddressSource = Box<dyn Fn() -> Option<String>>;
 
+/// Asks the host whether the downstream connection is TLS (`connection.tls_version`); `None`
+/// when it cannot say. Asked only when `require_tls` is on.
+pub type TlsSource = Box<dyn Fn() -> Option<bool>>;
+
 pub struct RequestHead {
     pub method: String,
     /// `:path` exactly as received (query included, not normalised).
@@ -20,6 +24,9 @@ pub struct RequestHead {
     /// X-Forwarded-For, which any client can write. See [`RequestHead::client_ip`].
     client_ip: OnceCell<String>,
     client_address: Option<AddressSource>,
+    /// Whether the downstream connection is TLS, as Envoy saw it. See [`RequestHead::over_tls`].
+    tls: OnceCell<bool>,
+    tls_source: Option<TlsSource>,
     /// Why the request cannot be read where the filter must read it (a pseudo-header that is
     /// not UTF-8); such a request is refused before anything else is decided.
     pub unreadable: Option<&'static str>,
@@ -40,6 +47,8 @@ impl RequestHead {
             request_id: String::new(),
             client_ip: OnceCell::from(source_address.map(client_ip).unwrap_or_default()),
             client_address: None,
+            tls: OnceCell::new(),
+            tls_source: None,
             unreadable: None,
         };
         for (name, value) in all_headers {
@@ -94,6 +103,29 @@ impl RequestHead {
                 .map(|address| client_ip(&address))
                 .unwrap_or_default()
         })
+    }
+
+    /// Whether the request arrived over TLS, asked of the host the first time. A host that
+    /// cannot say, or no source at all, means plain text: `require_tls` fails closed.
+    pub fn over_tls(&self) -> bool {
+        *self.tls.get_or_init(|| {
+            self.tls_source
+                .as_ref()
+                .and_then(|ask| ask())
+                .unwrap_or(false)
+        })
+    }
+
+    /// Where [`RequestHead::over_tls`] asks (the adapter sets the host's property).
+    pub fn set_tls_source(&mut self, source: TlsSource) {
+        self.tls = OnceCell::new();
+        self.tls_source = Some(source);
+    }
+
+    /// The connection's transport, known already (native tests and the fuzz targets).
+    pub fn set_over_tls(&mut self, tls: bool) {
+        self.tls = OnceCell::from(tls);
+        self.tls_source = None;
     }
 
     /// The client's IP if a decision has needed it already; never asks the host.

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     RateLimited,
     UpstreamError,
     ServiceUnavailable,
+    TlsRequired,
 }
 
 impl ErrorCode {
@@ -38,6 +39,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::TlsRequired => "tls_required",
         }
     }
 
@@ -51,9 +53,10 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::CorsRejected => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::CredentialsInUrl | ErrorCode::BadRequest | ErrorCode::InvalidSignature => {
-                400
-            }
+            ErrorCode::CredentialsInUrl
+            | ErrorCode::BadRequest
+            | ErrorCode::InvalidSignature
+            | ErrorCode::TlsRequired => 400,
             ErrorCode::RateLimited => 429,
             ErrorCode::UpstreamError => 502,
             ErrorCode::ServiceUnavailable => 503,
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "Too many requests.",
             ErrorCode::UpstreamError => "An unexpected error occurred.",
             ErrorCode::ServiceUnavailable => "The service is temporarily unavailable.",
+            ErrorCode::TlsRequired => "This API is only served over HTTPS.",
         }
     }
 }
