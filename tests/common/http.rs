@@ -351,6 +351,60 @@ fn h2c_python() -> std::path::PathBuf {
 
 /// Sends `request` to `127.0.0.1:port` over HTTP/2 cleartext with tests/common/h2c.py (PyPI
 /// `h2`). Panics when the client itself cannot run, with what to install.
+/// One request over TLS (tests/common/https.py, Python's ssl module) to `port`.
+pub fn send_https(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let authority = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map_or("api.test", |(_, v)| v);
+    let others: Vec<[&str; 2]> = headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("host"))
+        .map(|(n, v)| [*n, *v])
+        .collect();
+    let spec = serde_json::json!({
+        "port": port, "method": method, "path": path, "headers": others, "authority": authority,
+    });
+    let script = super::crate_root().join("tests/common/https.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(spec.to_string().as_bytes())
+            .expect("write the request to https.py");
+    }
+    let output = child.wait_with_output().expect("https.py output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "https.py printed no result ({e}): stdout {stdout:?}, stderr {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let headers = result["headers"]
+        .as_array()
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Response {
+        status: result["status"].as_u64().unwrap_or(0) as u16,
+        headers,
+        body: base64::Engine::decode(&b64, result["body_b64"].as_str().unwrap_or(""))
+            .unwrap_or_default(),
+    }
+}
+
 pub fn send_h2c(port: u16, request: &H2Request<'_>) -> H2Outcome {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;

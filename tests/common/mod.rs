@@ -70,6 +70,41 @@ pub fn crate_root() -> PathBuf {
     tests.parent().map(PathBuf::from).unwrap_or(tests)
 }
 
+/// The test process's self-signed certificate and key for `127.0.0.1` and `api.test` (P-256,
+/// made once with `openssl` in a temporary directory), for listeners with `EnvoyOptions::tls`.
+pub fn tls_files() -> &'static (PathBuf, PathBuf) {
+    static FILES: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("api-guard-tls-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=api.test"])
+            .args(["-addext", "subjectAltName=DNS:api.test,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("openssl (for the test certificate) cannot run: {e}"));
+        assert!(
+            status.success(),
+            "openssl could not make the test certificate"
+        );
+        (cert, key)
+    })
+}
+
 /// `$ENVOY` if set, else `<crate root>/.venv/bin/envoy`.
 pub fn envoy_path() -> PathBuf {
     match std::env::var_os("ENVOY") {
@@ -129,6 +164,8 @@ pub struct EnvoyOptions {
     pub omit_allow_on_headers_stop_iteration: bool,
     /// The listener's `per_connection_buffer_limit_bytes`; `None` = Envoy's 1 MiB.
     pub per_connection_buffer_limit_bytes: Option<u64>,
+    /// The listener also accepts TLS on the same port ([`Envoy::https_request`]).
+    pub tls: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -141,6 +178,7 @@ impl Default for EnvoyOptions {
             route_timeout_ms: None,
             omit_allow_on_headers_stop_iteration: false,
             per_connection_buffer_limit_bytes: None,
+            tls: false,
         }
     }
 }
@@ -239,6 +277,7 @@ impl Envoy {
                     route_timeout_ms: opts.route_timeout_ms,
                     omit_allow_on_headers_stop_iteration: opts.omit_allow_on_headers_stop_iteration,
                     per_connection_buffer_limit_bytes: opts.per_connection_buffer_limit_bytes,
+                    tls: opts.tls,
                 },
             );
             let instance = INSTANCE.fetch_add(1, Ordering::SeqCst);
@@ -276,6 +315,11 @@ impl Envoy {
                 }
             }
         }
+    }
+
+    /// One request over TLS to the listener (started with `EnvoyOptions::tls`).
+    pub fn https_request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        http::send_https(self.port, method, path, headers)
     }
 
     /// The listener with the filter chain.
