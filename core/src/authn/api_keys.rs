@@ -187,10 +187,7 @@ fn tag(digest: &[u8; 32]) -> u64 {
 
 /// SHA-256 of a key, in the lower-case hex the configuration holds (`api-guard hash` prints it).
 pub fn key_sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    base16ct::lower::encode_string(&Sha256::digest(key.as_bytes()))
 }
 
 /// Checks what a presented key must look like before it is hashed: at most [`MAX_KEY_LEN`]
@@ -254,24 +251,12 @@ fn parse_sha256_hex(text: &str) -> Result<[u8; 32], String> {
     if bytes.iter().any(u8::is_ascii_uppercase) && bytes.iter().all(u8::is_ascii_hexdigit) {
         return Err("must be lower-case hex".into());
     }
+    // Lower case only (`base16ct::lower` refuses `A-F`): one spelling per hash, the one
+    // `api-guard hash` prints. 64 bytes of text fill the 32 exactly.
     let mut digest = [0u8; 32];
-    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = lower_hex_value(pair[0]);
-        let lo = lower_hex_value(pair[1]);
-        match (hi, lo) {
-            (Some(hi), Some(lo)) => *out = (hi << 4) | lo,
-            _ => return Err("must be 64 lower-case hex digits (0-9, a-f)".into()),
-        }
-    }
+    base16ct::lower::decode(bytes, &mut digest)
+        .map_err(|_| "must be 64 lower-case hex digits (0-9, a-f)".to_string())?;
     Ok(digest)
-}
-
-fn lower_hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
 }
 
 impl ApiKeys {
