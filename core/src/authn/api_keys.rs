@@ -17,6 +17,7 @@ use crate::config::error::{index, join, ConfigError};
 use crate::request::head::RequestHead;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -554,43 +555,16 @@ pub fn query_has_parameter(query: &str, is_wanted: impl Fn(&[u8]) -> bool) -> bo
         })
 }
 
+/// A parameter name as backends read it: `+` is a space (form encoding), then one pass of
+/// percent-decoding, a `%` without two hex digits kept as it is. `+` is replaced first, so that
+/// `%2B` still decodes to `+`: it never is a hex digit of an escape.
 fn percent_decode_name(raw: &str) -> Vec<u8> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let escaped = if b == b'%' {
-            match (
-                bytes.get(i + 1).and_then(|&h| hex_value(h)),
-                bytes.get(i + 2).and_then(|&l| hex_value(l)),
-            ) {
-                (Some(hi), Some(lo)) => Some((hi << 4) | lo),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        match escaped {
-            Some(decoded) => {
-                out.push(decoded);
-                i += 3;
-            }
-            None => {
-                out.push(if b == b'+' { b' ' } else { b });
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let spaced = if raw.contains('+') {
+        Cow::Owned(raw.replace('+', " "))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    percent_encoding::percent_decode_str(&spaced).collect()
 }
 
 /// Parses an RFC 3339 date-time (`2027-06-30T00:00:00Z`, `2027-06-30T02:00:00+02:00`,
@@ -1068,6 +1042,12 @@ mod tests {
             ("&&", &[], false),
             ("%zzkey=1", &[], false),
             ("[]=1", &[], false),
+            // `+` is a space, `%2B` a plus; a `%` without two hex digits stays as it is.
+            ("api+key=x", &["api key"], true),
+            ("%2Bapi_key=x", &[], false),
+            ("%2Bapi_key=x", &["+api_key"], true),
+            ("api%2key=x", &["api%2key"], true),
+            ("api_key%=x", &[], false),
         ];
         for &(query, extra, want) in cases {
             assert_eq!(

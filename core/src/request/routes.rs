@@ -217,6 +217,13 @@ fn push_pct(out: &mut String, b: u8) {
 }
 
 /// One pass of percent-decoding over the path part. The output is pure ASCII.
+///
+/// Hand-written on purpose, not `percent-encoding`'s decoder: that one keeps a malformed `%` as
+/// it is and decodes every escape, where normalisation must decide escape by escape (refuse an
+/// encoded `/`, `\`, `%`, `;`, NUL or control, decode only the unreserved characters, keep the
+/// others escaped in upper case, check UTF-8 across runs of escaped and raw bytes). Decoding
+/// first and re-checking after would lose which bytes were escaped, which is exactly what the
+/// parser differentials this guards against turn on.
 fn decode_path(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
