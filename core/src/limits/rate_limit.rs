@@ -49,6 +49,7 @@ use crate::config::error::{join, ConfigError};
 use crate::request::head::RequestHead;
 use serde::Deserialize;
 use serde_json::Value;
+use siphasher::sip::SipHasher24;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -753,12 +754,11 @@ impl fmt::Debug for Limiter {
 ///
 /// SipHash is the keyed function made for this threat (an attacker choosing inputs to collide
 /// in a hash table whose key it does not know), and it costs a fraction of an HMAC-SHA-256 on
-/// every request. std's `SipHasher` is deprecated only as a `HashMap` default; it is SipHash-2-4
-/// with the caller's key, pinned by the reference vectors in the tests.
-#[allow(deprecated)]
+/// every request. `siphasher`'s `SipHasher24` is the algorithm std's deprecated `SipHasher` ran
+/// before it (so bucket placement did not move), pinned by the reference vectors in the tests.
 fn keyed_placement_hash(key: (u64, u64), limit: &RateLimit, client_key: &str) -> u64 {
     use std::hash::Hasher;
-    let mut hasher = std::hash::SipHasher::new_with_keys(key.0, key.1);
+    let mut hasher = SipHasher24::new_with_keys(key.0, key.1);
     hasher.write(&(limit.name.len() as u64).to_le_bytes());
     hasher.write(limit.name.as_bytes());
     hasher.write(&limit.window_ms().to_le_bytes());
@@ -1934,19 +1934,45 @@ mod tests {
     }
 
     #[test]
-    #[allow(deprecated)]
     fn placement_hash_is_siphash_2_4() {
         use std::hash::Hasher;
         // The reference vectors of the SipHash paper (Aumasson and Bernstein, appendix A): key
         // 00 01 .. 0f, messages 00 01 .. (n - 1).
         let (k0, k1) = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
         let hash = |n: u8| {
-            let mut hasher = std::hash::SipHasher::new_with_keys(k0, k1);
+            let mut hasher = SipHasher24::new_with_keys(k0, k1);
             hasher.write(&(0..n).collect::<Vec<u8>>());
             hasher.finish()
         };
         assert_eq!(hash(0), 0x726f_db47_dd0e_0e31);
         assert_eq!(hash(15), 0xa129_ca61_49be_45e5);
+    }
+
+    /// The placement of every client is what std's `SipHasher` (the hasher used before) gave:
+    /// the same (limit, window, key) fields land in the same bucket with the same fingerprint.
+    #[test]
+    #[allow(deprecated)]
+    fn placement_hash_matches_the_std_sip_hasher_it_replaced() {
+        use std::hash::Hasher;
+        let limiter = limiter();
+        for (requests, window_seconds) in [(1, 1), (10, 60), (1000, 3600)] {
+            let limit = limit(requests, window_seconds);
+            for client in ["", "1.2.3.4", "tenant-\u{e9}", &"k".repeat(300)] {
+                for &(k0, k1) in &limiter.placement_keys {
+                    let mut std_hasher = std::hash::SipHasher::new_with_keys(k0, k1);
+                    std_hasher.write(&(limit.name.len() as u64).to_le_bytes());
+                    std_hasher.write(limit.name.as_bytes());
+                    std_hasher.write(&limit.window_ms().to_le_bytes());
+                    std_hasher.write(&(client.len() as u64).to_le_bytes());
+                    std_hasher.write(client.as_bytes());
+                    assert_eq!(
+                        keyed_placement_hash((k0, k1), &limit, client),
+                        std_hasher.finish(),
+                        "{client:?}"
+                    );
+                }
+            }
+        }
     }
 
     // --- client keys ---------------------------------------------------------------------------
