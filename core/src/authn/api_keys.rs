@@ -207,25 +207,26 @@ pub fn check_key_shape(key: &str) -> Result<(), &'static str> {
 
 /// Checks a configured prefix: 1 to [`MAX_PREFIX_LEN`] bytes of visible ASCII.
 pub fn check_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty() {
-        Err("must not be empty: a prefix such as \"ag_live_\" indexes the keys".into())
-    } else if prefix.len() > MAX_PREFIX_LEN {
-        Err(format!("must be at most {MAX_PREFIX_LEN} bytes"))
-    } else if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
-        Err("must be visible ASCII characters, without spaces".into())
-    } else {
-        Ok(())
-    }
+    check_visible_ascii(
+        prefix,
+        MAX_PREFIX_LEN,
+        "must not be empty: a prefix such as \"ag_live_\" indexes the keys",
+    )
 }
 
 /// Checks a key id: 1 to [`MAX_ID_LEN`] bytes of visible ASCII (it is logged as the principal
 /// and sent upstream as a header value, so it must be safe in both).
 pub fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        Err("must not be empty".into())
-    } else if id.len() > MAX_ID_LEN {
-        Err(format!("must be at most {MAX_ID_LEN} bytes"))
-    } else if !id.bytes().all(|b| b.is_ascii_graphic()) {
+    check_visible_ascii(id, MAX_ID_LEN, "must not be empty")
+}
+
+/// 1 to `max_len` bytes of visible ASCII; `if_empty` says why an empty one is refused.
+fn check_visible_ascii(text: &str, max_len: usize, if_empty: &str) -> Result<(), String> {
+    if text.is_empty() {
+        Err(if_empty.into())
+    } else if text.len() > max_len {
+        Err(format!("must be at most {max_len} bytes"))
+    } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
         Err("must be visible ASCII characters, without spaces".into())
     } else {
         Ok(())
