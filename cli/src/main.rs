@@ -13,36 +13,137 @@
 mod check;
 
 use api_guard_core::support::mint;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{Map, Value};
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const USAGE: &str = "usage:
-  api-guard keygen --prefix PREFIX [--id ID] [--scopes a,b] [--expires-at 2027-06-30T00:00:00Z]
-      Generates an API key (PREFIX + 32 random bytes in base64url). Prints the key once on the
-      first line, then the JSON entry for `api_keys.keys` (which holds only its SHA-256).
-  api-guard hash KEY|- [--prefix PREFIX] [--id ID] [--scopes a,b] [--expires-at RFC3339]
-      Prints the `api_keys.keys` entry for an existing key; `-` reads the key from standard
-      input (better than the command line, which shells keep in their history). Without
-      --prefix the prefix is inferred (api-guard keys, and keys such as sk_live_...).
-  api-guard check FILE|-
-      Validates a plugin configuration with the filter's own validation: a JSON plugin config,
-      or an Envoy YAML/JSON config (or Istio WasmPlugin) holding api-guard's configuration.
-      Prints every error with its JSON path, and warnings (lines with \"warning:\") for what the
-      filter accepts but what leaves a gap: a route a trailing slash falls through, and in an
-      Envoy config a connection manager without local_reply_config, without
-      headers_with_underscores_action: REJECT_REQUEST or without a trusted client address, an
-      undefined cluster, body routes Envoy would stall or answer 413 itself.
-      Exit code 0 when valid (warnings or not), 1 on errors.
-  api-guard token --key <private JWK file> [--alg ALG] [--iss ISSUER] [--aud AUDIENCE] [--count N]
-                  [--sub SUBJECT] [--scope \"a b\"] [--roles r1,r2] [--ttl SECONDS] [--claim name=<json>]
-      Signs a test token (for demos and tests; never for production identities).
-  api-guard jwks --key <private JWK file> [--key ...]
-      Prints the public JWKS for the given private keys, ready for `jwks.inline`.
+/// The synopsis `--help` starts with, one line a command (the details are each command's
+/// `--help`).
+const USAGE: &str =
+    "api-guard keygen --prefix PREFIX [--id ID] [--scopes a,b] [--expires-at RFC3339]
+       api-guard hash KEY|- [--prefix PREFIX] [--id ID] [--scopes a,b] [--expires-at RFC3339]
+       api-guard check FILE|-
+       api-guard token --key <private JWK file> [--alg ALG] [--iss ISSUER] [--aud AUDIENCE]
+                       [--count N] [--sub SUBJECT] [--scope \"a b\"] [--roles r1,r2]
+                       [--ttl SECONDS] [--claim name=<json>]
+       api-guard jwks --key <private JWK file> [--key ...]";
 
-exit codes: 0 success, 1 configuration errors found by `check` (warnings alone give 0), 2 usage
-or I/O error";
+const EXIT_CODES: &str =
+    "exit codes: 0 success, 1 configuration errors found by `check` (warnings \
+alone give 0), 2 usage or I/O error";
+
+/// Tools around api-guard's configuration, sharing the filter's own code.
+#[derive(Parser)]
+#[command(
+    name = "api-guard",
+    override_usage = USAGE,
+    after_help = EXIT_CODES,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generates an API key (PREFIX + 32 random bytes in base64url). Prints the key once on the
+    /// first line, then the JSON entry for `api_keys.keys` (which holds only its SHA-256).
+    #[command(args_override_self = true)]
+    Keygen {
+        #[command(flatten)]
+        entry: KeyEntryArgs,
+    },
+    /// Prints the `api_keys.keys` entry for an existing key; `-` reads the key from standard
+    /// input (better than the command line, which shells keep in their history). Without
+    /// --prefix the prefix is inferred (api-guard keys, and keys such as sk_live_...).
+    #[command(args_override_self = true)]
+    Hash {
+        /// The key, or `-` to read it from standard input.
+        #[arg(value_name = "KEY|-", allow_hyphen_values = true)]
+        key: Option<String>,
+        #[command(flatten)]
+        entry: KeyEntryArgs,
+    },
+    /// Validates a plugin configuration with the filter's own validation: a JSON plugin config,
+    /// or an Envoy YAML/JSON config (or Istio WasmPlugin) holding api-guard's configuration.
+    ///
+    /// Prints every error with its JSON path, and warnings (lines with "warning:") for what the
+    /// filter accepts but what leaves a gap: a route a trailing slash falls through, and in an
+    /// Envoy config a connection manager without local_reply_config, without
+    /// headers_with_underscores_action: REJECT_REQUEST or without a trusted client address, an
+    /// undefined cluster, body routes Envoy would stall or answer 413 itself. Exit code 0 when
+    /// valid (warnings or not), 1 on errors.
+    Check {
+        /// The configuration file, or `-` to read it from standard input.
+        #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+        file: Option<String>,
+    },
+    /// Signs a test token (for demos and tests; never for production identities).
+    #[command(args_override_self = true)]
+    Token(TokenArgs),
+    /// Prints the public JWKS for the given private keys, ready for `jwks.inline`.
+    Jwks {
+        /// A private JWK file (repeatable).
+        #[arg(long = "key", value_name = "FILE", allow_hyphen_values = true)]
+        keys: Vec<String>,
+    },
+}
+
+/// The flags `keygen` and `hash` share. Values may start with `-`: a flag always takes the
+/// next argument, as it always has.
+#[derive(Args)]
+struct KeyEntryArgs {
+    /// The key's prefix (required by keygen, inferred by hash when absent).
+    #[arg(long, allow_hyphen_values = true)]
+    prefix: Option<String>,
+    /// Who the key belongs to (logged as the principal).
+    #[arg(long, allow_hyphen_values = true)]
+    id: Option<String>,
+    /// Comma-separated scopes (repeatable).
+    #[arg(long, value_name = "a,b", allow_hyphen_values = true)]
+    scopes: Vec<String>,
+    /// When the key stops being accepted (RFC 3339).
+    #[arg(long, value_name = "RFC3339", allow_hyphen_values = true)]
+    expires_at: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The private JWK file to sign with.
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    key: Option<String>,
+    /// The signature algorithm (default: the key's).
+    #[arg(long, allow_hyphen_values = true)]
+    alg: Option<String>,
+    /// Validity in seconds (default 3600).
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    ttl: Option<String>,
+    /// How many distinct tokens to print, one a line (a `jti` each).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    count: Option<String>,
+    /// The `iss` claim.
+    #[arg(long, value_name = "ISSUER", allow_hyphen_values = true)]
+    iss: Option<String>,
+    /// The `aud` claim.
+    #[arg(long, value_name = "AUDIENCE", allow_hyphen_values = true)]
+    aud: Option<String>,
+    /// The `sub` claim.
+    #[arg(long, value_name = "SUBJECT", allow_hyphen_values = true)]
+    sub: Option<String>,
+    /// The `scope` claim (space-separated scopes).
+    #[arg(long, value_name = "\"a b\"", allow_hyphen_values = true)]
+    scope: Option<String>,
+    /// The `roles` claim, comma-separated.
+    #[arg(long, value_name = "r1,r2", allow_hyphen_values = true)]
+    roles: Option<String>,
+    /// Any claim, its value as JSON (a plain string otherwise); repeatable.
+    #[arg(long = "claim", value_name = "name=<json>", allow_hyphen_values = true)]
+    claims: Vec<String>,
+}
 
 /// Why a command failed.
 enum Failure {
@@ -64,20 +165,54 @@ impl From<&str> for Failure {
     }
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = args.get(1..).unwrap_or_default();
-    let result = match args.first().map(String::as_str) {
-        Some("keygen") => keygen(rest),
-        Some("hash") => hash(rest),
-        Some("check") => check_command(rest),
-        Some("token") => token(rest).map_err(Failure::from),
-        Some("jwks") => jwks(rest).map_err(Failure::from),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            Ok(())
+/// The `log` facade's output: warnings and errors of the core, on standard error.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                _ => "warning",
+            };
+            eprintln!("api-guard: {level}: {}", record.args());
         }
-        _ => Err(Failure::Usage(USAGE.to_string())),
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn main() -> ExitCode {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        // Help is printed to standard output with code 0; a usage error to standard error with 2.
+        Err(error) => return clap_exit(&error),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => return clap_exit(&error),
+    };
+    let result = match cli.command {
+        Command::Keygen { entry } => keygen(&entry),
+        Command::Hash { key, entry } => hash(key.as_deref(), &entry),
+        Command::Check { file } => check_command(file.as_deref()),
+        Command::Token(args) => {
+            let order = matches
+                .subcommand_matches("token")
+                .map(claim_order)
+                .unwrap_or_default();
+            token(&args, &order).map_err(Failure::from)
+        }
+        Command::Jwks { keys } => jwks(&keys).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,35 +224,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--name value` pairs, in order (repeatable flags keep every value).
-fn flags(args: &[String]) -> Result<Vec<(&str, &str)>, String> {
-    let (pairs, positional) = flags_and_arguments(args)?;
-    match positional.first() {
-        Some(extra) => Err(format!("unexpected argument {extra:?}\n{USAGE}")),
-        None => Ok(pairs),
-    }
+fn clap_exit(error: &clap::Error) -> ExitCode {
+    // A failed print (a closed pipe) changes nothing: the exit code still tells.
+    let _ = error.print();
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
-/// `--name value` pairs, then the other arguments.
-type FlagsAndArguments<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+/// A `--name` where a key or a file goes. The argument takes values that start with `-` (as
+/// `-`, standard input, does), so clap leaves an unknown `--name` to it: it is still refused,
+/// never read as a key or a file name.
+fn unknown_flag(flag: &str) -> Failure {
+    Failure::Usage(format!("unknown flag {flag}"))
+}
 
-/// `--name value` pairs and the other arguments (`-` is an argument: standard input).
-fn flags_and_arguments(args: &[String]) -> Result<FlagsAndArguments<'_>, String> {
-    let mut pairs = Vec::new();
-    let mut positional = Vec::new();
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.strip_prefix("--") {
-            Some(name) => {
-                let value = rest
-                    .next()
-                    .ok_or_else(|| format!("--{name} needs a value"))?;
-                pairs.push((name, value.as_str()));
-            }
-            None => positional.push(arg.as_str()),
-        }
-    }
-    Ok((pairs, positional))
+/// The claim flags of `token`, in the order they were given: a later one overrides an earlier
+/// one for the same claim (`--sub a --claim sub="b"` signs `b`; the other order, `a`).
+fn claim_order(matches: &ArgMatches) -> Vec<(usize, &'static str)> {
+    let mut order: Vec<(usize, &'static str)> = ["iss", "aud", "sub", "scope", "roles", "claims"]
+        .into_iter()
+        .flat_map(|id| {
+            matches
+                .indices_of(id)
+                .into_iter()
+                .flatten()
+                .map(move |index| (index, id))
+        })
+        .collect();
+    order.sort_unstable();
+    order
 }
 
 fn read_key(path: &str) -> Result<Value, String> {
@@ -125,58 +259,66 @@ fn read_key(path: &str) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{path} is not a JWK: {e}"))
 }
 
-fn token(args: &[String]) -> Result<(), String> {
+fn token(args: &TokenArgs, order: &[(usize, &str)]) -> Result<(), String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs();
-    let mut key = None;
-    let mut alg = None;
-    let mut ttl: u64 = 3600;
-    let mut count: u64 = 1;
+    let count: u64 = match &args.count {
+        None => 1,
+        Some(value) => value
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| "--count takes a positive number".to_string())?,
+    };
+    let alg = match &args.alg {
+        None => None,
+        Some(value) => Some(
+            api_guard_core::authn::jwt::alg::Alg::from_name(value)
+                .ok_or_else(|| format!("unknown alg {value:?}"))?,
+        ),
+    };
+    let ttl: u64 = match &args.ttl {
+        None => 3600,
+        Some(value) => value
+            .parse()
+            .map_err(|_| "--ttl takes seconds".to_string())?,
+    };
     let mut claims = Map::new();
-    for (name, value) in flags(args)? {
-        match name {
-            "key" => key = Some(read_key(value)?),
-            "count" => {
-                count = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| "--count takes a positive number".to_string())?
-            }
-            "alg" => {
-                alg = Some(
-                    api_guard_core::authn::jwt::alg::Alg::from_name(value)
-                        .ok_or_else(|| format!("unknown alg {value:?}"))?,
-                )
-            }
-            "ttl" => {
-                ttl = value
-                    .parse()
-                    .map_err(|_| "--ttl takes seconds".to_string())?
-            }
-            "iss" | "aud" | "sub" | "scope" => {
-                claims.insert(name.to_string(), Value::String(value.to_string()));
-            }
+    // Each repeatable `--claim` in turn; the named claims hold one value each (the last given).
+    let mut claim_values = args.claims.iter();
+    for &(_, id) in order {
+        let named = |value: &Option<String>| value.clone().map(Value::String);
+        match id {
+            "iss" => insert_some(&mut claims, id, named(&args.iss)),
+            "aud" => insert_some(&mut claims, id, named(&args.aud)),
+            "sub" => insert_some(&mut claims, id, named(&args.sub)),
+            "scope" => insert_some(&mut claims, id, named(&args.scope)),
             "roles" => {
-                let roles = value
-                    .split(',')
-                    .filter(|r| !r.is_empty())
-                    .map(|r| Value::String(r.into()))
-                    .collect();
-                claims.insert("roles".into(), Value::Array(roles));
+                let roles = args.roles.as_deref().map(|value| {
+                    Value::Array(
+                        value
+                            .split(',')
+                            .filter(|r| !r.is_empty())
+                            .map(|r| Value::String(r.into()))
+                            .collect(),
+                    )
+                });
+                insert_some(&mut claims, "roles", roles);
             }
-            "claim" => {
+            _ => {
+                let Some(value) = claim_values.next() else {
+                    continue;
+                };
                 let (claim, json) = value.split_once('=').ok_or("--claim takes name=<json>")?;
                 let parsed =
                     serde_json::from_str(json).unwrap_or_else(|_| Value::String(json.to_string()));
                 claims.insert(claim.to_string(), parsed);
             }
-            other => return Err(format!("unknown flag --{other}\n{USAGE}")),
         }
     }
-    let key = key.ok_or("--key is required")?;
+    let key = read_key(args.key.as_deref().ok_or("--key is required")?)?;
     let alg = match alg {
         Some(alg) => alg,
         None => mint::default_alg(&key)?,
@@ -198,13 +340,16 @@ fn token(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn jwks(args: &[String]) -> Result<(), String> {
+fn insert_some(claims: &mut Map<String, Value>, name: &str, value: Option<Value>) {
+    if let Some(value) = value {
+        claims.insert(name.to_string(), value);
+    }
+}
+
+fn jwks(paths: &[String]) -> Result<(), String> {
     let mut keys = Vec::new();
-    for (name, value) in flags(args)? {
-        match name {
-            "key" => keys.push(mint::public_jwk(&read_key(value)?)),
-            other => return Err(format!("unknown flag --{other}")),
-        }
+    for path in paths {
+        keys.push(mint::public_jwk(&read_key(path)?));
     }
     if keys.is_empty() {
         return Err("--key is required".into());
@@ -215,33 +360,26 @@ fn jwks(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The flags `keygen` and `hash` share.
-#[derive(Default)]
-struct KeyEntryFlags<'a> {
-    prefix: Option<&'a str>,
-    id: Option<&'a str>,
-    scopes: Vec<String>,
-    expires_at: Option<&'a str>,
-}
-
-fn key_entry_flags<'a>(pairs: &[(&'a str, &'a str)]) -> Result<KeyEntryFlags<'a>, String> {
-    let mut parsed = KeyEntryFlags::default();
-    for &(name, value) in pairs {
-        match name {
-            "prefix" => parsed.prefix = Some(value),
-            "id" => parsed.id = Some(value),
-            "scopes" => parsed.scopes.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            ),
-            "expires-at" => parsed.expires_at = Some(value),
-            other => return Err(format!("unknown flag --{other}\n{USAGE}")),
-        }
+impl KeyEntryArgs {
+    /// The `api_keys.keys` entry for `key`: the flags, with every `--scopes` value split at
+    /// commas, trimmed, empty ones dropped.
+    fn snippet(&self, key: &str, prefix: &str) -> Result<mint::ApiKeySnippet, String> {
+        let scopes: Vec<String> = self
+            .scopes
+            .iter()
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        mint::api_key_snippet(
+            key,
+            prefix,
+            self.id.as_deref(),
+            &scopes,
+            self.expires_at.as_deref(),
+        )
     }
-    Ok(parsed)
 }
 
 fn print_snippet(snippet: &mint::ApiKeySnippet) -> Result<(), String> {
@@ -250,13 +388,13 @@ fn print_snippet(snippet: &mint::ApiKeySnippet) -> Result<(), String> {
     Ok(())
 }
 
-fn keygen(args: &[String]) -> Result<(), Failure> {
-    let entry = key_entry_flags(&flags(args)?)?;
+fn keygen(entry: &KeyEntryArgs) -> Result<(), Failure> {
     let prefix = entry
         .prefix
+        .as_deref()
         .ok_or("--prefix is required (for example --prefix ag_live_)")?;
     let key = mint::generate_api_key(prefix)?;
-    let snippet = mint::api_key_snippet(&key, prefix, entry.id, &entry.scopes, entry.expires_at)?;
+    let snippet = entry.snippet(&key, prefix)?;
     // The key goes to standard output only, and only now: the configuration keeps its hash.
     println!("{key}");
     print_snippet(&snippet)?;
@@ -273,11 +411,9 @@ fn keygen(args: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn hash(args: &[String]) -> Result<(), Failure> {
-    let (pairs, positional) = flags_and_arguments(args)?;
-    let entry = key_entry_flags(&pairs)?;
-    let key = match positional.as_slice() {
-        ["-"] => {
+fn hash(key: Option<&str>, entry: &KeyEntryArgs) -> Result<(), Failure> {
+    let key = match key {
+        Some("-") => {
             let mut input = String::new();
             std::io::stdin()
                 .read_to_string(&mut input)
@@ -287,14 +423,14 @@ fn hash(args: &[String]) -> Result<(), Failure> {
             let key = input.strip_suffix('\n').unwrap_or(&input);
             key.strip_suffix('\r').unwrap_or(key).to_string()
         }
-        [key] => (*key).to_string(),
-        [] => return Err("hash needs a key, or - to read it from standard input".into()),
-        _ => return Err(format!("hash takes one key\n{USAGE}").into()),
+        Some(flag) if flag.starts_with("--") => return Err(unknown_flag(flag)),
+        Some(key) => key.to_string(),
+        None => return Err("hash needs a key, or - to read it from standard input".into()),
     };
     // The filter's own shape rules first, so that no guess is made about what it would refuse.
     api_guard_core::authn::api_keys::check_key_shape(&key)
         .map_err(|reason| format!("not a key api-guard would accept: {reason}"))?;
-    let prefix = match entry.prefix {
+    let prefix = match entry.prefix.as_deref() {
         Some(prefix) => prefix,
         None => {
             let inferred = mint::infer_api_key_prefix(&key).ok_or(
@@ -304,29 +440,26 @@ fn hash(args: &[String]) -> Result<(), Failure> {
             inferred
         }
     };
-    let snippet = mint::api_key_snippet(&key, prefix, entry.id, &entry.scopes, entry.expires_at)?;
+    let snippet = entry.snippet(&key, prefix)?;
     print_snippet(&snippet)?;
     Ok(())
 }
 
-fn check_command(args: &[String]) -> Result<(), Failure> {
-    let (pairs, positional) = flags_and_arguments(args)?;
-    if let Some((name, _)) = pairs.first() {
-        return Err(format!("unknown flag --{name}\n{USAGE}").into());
-    }
-    let (display_name, bytes) = match positional.as_slice() {
-        ["-"] => {
+fn check_command(file: Option<&str>) -> Result<(), Failure> {
+    let (display_name, bytes) = match file {
+        Some("-") => {
             let mut input = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut input)
                 .map_err(|e| format!("cannot read standard input: {e}"))?;
             ("<stdin>".to_string(), input)
         }
-        [path] => {
+        Some(flag) if flag.starts_with("--") => return Err(unknown_flag(flag)),
+        Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-            ((*path).to_string(), bytes)
+            (path.to_string(), bytes)
         }
-        _ => return Err(format!("check takes one file (or - for standard input)\n{USAGE}").into()),
+        None => return Err("check takes one file (or - for standard input)".into()),
     };
     let report = check::check(&bytes);
     let mut out = std::io::stdout().lock();
@@ -374,4 +507,24 @@ fn check_command(args: &[String]) -> Result<(), Failure> {
         }
     );
     Err(Failure::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::Log;
+
+    #[test]
+    fn the_logger_prints_warnings_and_errors_only() {
+        let at = |level| log::Metadata::builder().level(level).build();
+        assert!(LOGGER.enabled(&at(log::Level::Error)));
+        assert!(LOGGER.enabled(&at(log::Level::Warn)));
+        assert!(!LOGGER.enabled(&at(log::Level::Info)));
+        assert!(!LOGGER.enabled(&at(log::Level::Debug)));
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -135,7 +135,7 @@ fn head_with(headers: Vec<(String, String)>, method: &str, path: &str) -> Reques
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
 fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -151,23 +151,17 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Percent-decodes every `%XX` (the reading of a decoding upstream); `None` for a `%` that is
-/// not followed by two hex digits.
+/// not followed by two hex digits. `percent-encoding` decodes, after a check of our own: it
+/// would keep such a `%` as it is, where this model refuses the whole text.
 fn percent_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16))?;
-            let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16))?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    Some(out)
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit))
+    });
+    well_formed.then(|| percent_encoding::percent_decode(bytes).collect())
 }
 
 /// `path` without one trailing `/` (the root stays `/`).

@@ -21,6 +21,9 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod config;
+// The fuzz target bodies (fuzz/, and their corpora replayed by tests/fuzz_corpus.rs): test code,
+// built only for tests and with the `testing` feature, never into the filter.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod limits;

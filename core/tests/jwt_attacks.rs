@@ -72,10 +72,7 @@ fn unb64(text: &str) -> Vec<u8> {
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
+    base16ct::mixed::decode_vec(text).unwrap()
 }
 
 /// Good claims for the default provider.

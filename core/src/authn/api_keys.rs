@@ -17,6 +17,7 @@ use crate::config::error::{index, join, ConfigError};
 use crate::request::head::RequestHead;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -187,10 +188,7 @@ fn tag(digest: &[u8; 32]) -> u64 {
 
 /// SHA-256 of a key, in the lower-case hex the configuration holds (`api-guard hash` prints it).
 pub fn key_sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    base16ct::lower::encode_string(&Sha256::digest(key.as_bytes()))
 }
 
 /// Checks what a presented key must look like before it is hashed: at most [`MAX_KEY_LEN`]
@@ -209,25 +207,26 @@ pub fn check_key_shape(key: &str) -> Result<(), &'static str> {
 
 /// Checks a configured prefix: 1 to [`MAX_PREFIX_LEN`] bytes of visible ASCII.
 pub fn check_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty() {
-        Err("must not be empty: a prefix such as \"ag_live_\" indexes the keys".into())
-    } else if prefix.len() > MAX_PREFIX_LEN {
-        Err(format!("must be at most {MAX_PREFIX_LEN} bytes"))
-    } else if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
-        Err("must be visible ASCII characters, without spaces".into())
-    } else {
-        Ok(())
-    }
+    check_visible_ascii(
+        prefix,
+        MAX_PREFIX_LEN,
+        "must not be empty: a prefix such as \"ag_live_\" indexes the keys",
+    )
 }
 
 /// Checks a key id: 1 to [`MAX_ID_LEN`] bytes of visible ASCII (it is logged as the principal
 /// and sent upstream as a header value, so it must be safe in both).
 pub fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        Err("must not be empty".into())
-    } else if id.len() > MAX_ID_LEN {
-        Err(format!("must be at most {MAX_ID_LEN} bytes"))
-    } else if !id.bytes().all(|b| b.is_ascii_graphic()) {
+    check_visible_ascii(id, MAX_ID_LEN, "must not be empty")
+}
+
+/// 1 to `max_len` bytes of visible ASCII; `if_empty` says why an empty one is refused.
+fn check_visible_ascii(text: &str, max_len: usize, if_empty: &str) -> Result<(), String> {
+    if text.is_empty() {
+        Err(if_empty.into())
+    } else if text.len() > max_len {
+        Err(format!("must be at most {max_len} bytes"))
+    } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
         Err("must be visible ASCII characters, without spaces".into())
     } else {
         Ok(())
@@ -254,24 +253,12 @@ fn parse_sha256_hex(text: &str) -> Result<[u8; 32], String> {
     if bytes.iter().any(u8::is_ascii_uppercase) && bytes.iter().all(u8::is_ascii_hexdigit) {
         return Err("must be lower-case hex".into());
     }
+    // Lower case only (`base16ct::lower` refuses `A-F`): one spelling per hash, the one
+    // `api-guard hash` prints. 64 bytes of text fill the 32 exactly.
     let mut digest = [0u8; 32];
-    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = lower_hex_value(pair[0]);
-        let lo = lower_hex_value(pair[1]);
-        match (hi, lo) {
-            (Some(hi), Some(lo)) => *out = (hi << 4) | lo,
-            _ => return Err("must be 64 lower-case hex digits (0-9, a-f)".into()),
-        }
-    }
+    base16ct::lower::decode(bytes, &mut digest)
+        .map_err(|_| "must be 64 lower-case hex digits (0-9, a-f)".to_string())?;
     Ok(digest)
-}
-
-fn lower_hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
 }
 
 impl ApiKeys {
@@ -569,43 +556,16 @@ pub fn query_has_parameter(query: &str, is_wanted: impl Fn(&[u8]) -> bool) -> bo
         })
 }
 
+/// A parameter name as backends read it: `+` is a space (form encoding), then one pass of
+/// percent-decoding, a `%` without two hex digits kept as it is. `+` is replaced first, so that
+/// `%2B` still decodes to `+`: it never is a hex digit of an escape.
 fn percent_decode_name(raw: &str) -> Vec<u8> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let escaped = if b == b'%' {
-            match (
-                bytes.get(i + 1).and_then(|&h| hex_value(h)),
-                bytes.get(i + 2).and_then(|&l| hex_value(l)),
-            ) {
-                (Some(hi), Some(lo)) => Some((hi << 4) | lo),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        match escaped {
-            Some(decoded) => {
-                out.push(decoded);
-                i += 3;
-            }
-            None => {
-                out.push(if b == b'+' { b' ' } else { b });
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let spaced = if raw.contains('+') {
+        Cow::Owned(raw.replace('+', " "))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    percent_encoding::percent_decode_str(&spaced).collect()
 }
 
 /// Parses an RFC 3339 date-time (`2027-06-30T00:00:00Z`, `2027-06-30T02:00:00+02:00`,
@@ -1083,6 +1043,12 @@ mod tests {
             ("&&", &[], false),
             ("%zzkey=1", &[], false),
             ("[]=1", &[], false),
+            // `+` is a space, `%2B` a plus; a `%` without two hex digits stays as it is.
+            ("api+key=x", &["api key"], true),
+            ("%2Bapi_key=x", &[], false),
+            ("%2Bapi_key=x", &["+api_key"], true),
+            ("api%2key=x", &["api%2key"], true),
+            ("api_key%=x", &[], false),
         ];
         for &(query, extra, want) in cases {
             assert_eq!(

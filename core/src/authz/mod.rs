@@ -11,6 +11,7 @@ use crate::config::error::{index, join, ConfigError};
 use crate::request::routes::PathParams;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// `require` as written. A list that is present must not be empty (as with `methods`: an empty
 /// list would read as "any of nothing", so it is refused rather than guessed at).
@@ -271,7 +272,7 @@ impl OwnerRule {
             Some(Value::Number(number)) if number.is_i64() || number.is_u64() => number.to_string(),
             Some(_) => return Err("owner claim is not a string or an integer"),
         };
-        if percent_decode(segment) == expected.as_bytes() {
+        if percent_decode(segment).as_ref() == expected.as_bytes() {
             Ok(())
         } else {
             Err("owner mismatch")
@@ -279,27 +280,11 @@ impl OwnerRule {
     }
 }
 
-/// One pass of percent-decoding (no `+` rule: that is for queries). The segment comes from a
-/// normalised path, where every `%` starts a valid escape; a stray one is kept as it is.
-fn percent_decode(segment: &str) -> Vec<u8> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = |j: usize| bytes.get(j).and_then(|&c| char::from(c).to_digit(16));
-        match (b, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                // Two hex digits: the value is below 256.
-                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
+/// One pass of percent-decoding (no `+` rule: that is for queries), `percent-encoding`'s: the
+/// segment comes from a normalised path, where every `%` starts a valid escape; a stray one
+/// would be kept as it is.
+fn percent_decode(segment: &str) -> Cow<'_, [u8]> {
+    percent_encoding::percent_decode_str(segment).into()
 }
 
 #[cfg(test)]

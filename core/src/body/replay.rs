@@ -18,7 +18,9 @@
 //! reach this table, so filling it takes the real sender's volume, not an attacker's.
 
 use sha2::{Digest, Sha256};
+#[cfg(test)]
 use std::cell::RefCell;
+#[cfg(test)]
 use std::collections::HashMap;
 
 /// The store could not answer: host error, persistent contention, or a full slot. Callers refuse
@@ -154,13 +156,15 @@ impl<K: CounterStore> ReplayStore for SharedReplayTable<K> {
     }
 }
 
-/// An in-process replay store for tests and native tools. Unbounded (expired keys are swept on
-/// insert); the filter uses [`SharedReplayTable`].
+/// An in-process replay store for the unit tests. Unbounded (expired keys are swept on insert);
+/// the filter uses [`SharedReplayTable`].
+#[cfg(test)]
 #[derive(Default)]
 pub struct MemoryReplayStore {
     expiries: RefCell<HashMap<String, u64>>,
 }
 
+#[cfg(test)]
 impl ReplayStore for MemoryReplayStore {
     fn seen_or_insert(
         &self,

@@ -49,9 +49,9 @@ use crate::config::error::{join, ConfigError};
 use crate::request::head::RequestHead;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use siphasher::sip::SipHasher24;
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// `max_tracked_keys` when the config does not say.
 pub const DEFAULT_MAX_TRACKED_KEYS: u64 = 100_000;
@@ -334,6 +334,9 @@ pub fn compile_section(
 // Storage seam: proxy-wasm shared data
 // ---------------------------------------------------------------------------------------------
 
+/// The in-memory store of the tests, at the path they have always used.
+#[cfg(any(test, feature = "testing"))]
+pub use crate::support::memory_store::MemoryStore;
 pub use crate::support::shared_store::{CounterStore, StoreError, INSERT_IF_ABSENT};
 
 const SEED_VERSION: u8 = 1;
@@ -753,12 +756,11 @@ impl fmt::Debug for Limiter {
 ///
 /// SipHash is the keyed function made for this threat (an attacker choosing inputs to collide
 /// in a hash table whose key it does not know), and it costs a fraction of an HMAC-SHA-256 on
-/// every request. std's `SipHasher` is deprecated only as a `HashMap` default; it is SipHash-2-4
-/// with the caller's key, pinned by the reference vectors in the tests.
-#[allow(deprecated)]
+/// every request. `siphasher`'s `SipHasher24` is the algorithm std's deprecated `SipHasher` ran
+/// before it (so bucket placement did not move), pinned by the reference vectors in the tests.
 fn keyed_placement_hash(key: (u64, u64), limit: &RateLimit, client_key: &str) -> u64 {
     use std::hash::Hasher;
-    let mut hasher = std::hash::SipHasher::new_with_keys(key.0, key.1);
+    let mut hasher = SipHasher24::new_with_keys(key.0, key.1);
     hasher.write(&(limit.name.len() as u64).to_le_bytes());
     hasher.write(limit.name.as_bytes());
     hasher.write(&limit.window_ms().to_le_bytes());
@@ -874,161 +876,13 @@ fn place(bucket: &Bucket, fingerprint: u64, now_ms: u64) -> Placement {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// In-memory store with the host's semantics
-// ---------------------------------------------------------------------------------------------
-
-type SetHook = Arc<dyn Fn(&MemoryStore, &str) + Send + Sync>;
-
-#[derive(Default, Clone)]
-struct MemoryState {
-    values: HashMap<String, (Vec<u8>, u32)>,
-    last_token: u32,
-    conflicts_to_inject: u32,
-    failures_to_inject: u32,
-    cas_mismatches: u64,
-}
-
-impl MemoryState {
-    /// Like the host: tokens come from a counter and 0 is never one. [`INSERT_IF_ABSENT`] is
-    /// skipped too (the host would reach it only after four billion writes).
-    fn next_token(&mut self) -> u32 {
-        self.last_token = self.last_token.wrapping_add(1);
-        if self.last_token == 0 || self.last_token == INSERT_IF_ABSENT {
-            self.last_token = 1;
-        }
-        self.last_token
-    }
-}
-
-/// A [`CounterStore`] in memory with shared data's semantics, including the racy one (a set on a
-/// missing key succeeds whatever the CAS), plus fault injection for tests: forced conflicts,
-/// failures, and a hook that runs before every `set` (between a caller's `get` and its `set`:
-/// that is where another worker would interleave).
-#[derive(Default)]
-pub struct MemoryStore {
-    state: Mutex<MemoryState>,
-    before_set: Mutex<Option<SetHook>>,
-}
-
-impl MemoryStore {
-    pub fn new() -> MemoryStore {
-        MemoryStore::default()
-    }
-
-    fn state(&self) -> MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Number of keys stored.
-    pub fn len(&self) -> usize {
-        self.state().values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The next `n` sets meet a concurrent writer: just before each, the key is rewritten (same
-    /// value, new token; a missing key is created with an empty value), so a CAS set fails.
-    pub fn inject_conflicts(&self, n: u32) {
-        self.state().conflicts_to_inject = n;
-    }
-
-    /// The next `n` operations (get or set) fail with [`StoreError::Unavailable`].
-    pub fn inject_failures(&self, n: u32) {
-        self.state().failures_to_inject = n;
-    }
-
-    /// Runs `hook` at the start of every `set`, before the store is locked: the hook may call
-    /// the store (and a limiter) again, which models another worker running in between.
-    pub fn set_before_set_hook(&self, hook: impl Fn(&MemoryStore, &str) + Send + Sync + 'static) {
-        *self
-            .before_set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
-    }
-
-    pub fn clear_before_set_hook(&self) {
-        *self
-            .before_set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    /// Sets refused with `CasMismatch` so far.
-    pub fn cas_mismatches(&self) -> u64 {
-        self.state().cas_mismatches
-    }
-
-    /// A copy of the values and tokens (no hook, no pending faults): to ask "what if" without
-    /// touching this store.
-    pub fn snapshot(&self) -> MemoryStore {
-        let state = self.state();
-        MemoryStore {
-            state: Mutex::new(MemoryState {
-                values: state.values.clone(),
-                last_token: state.last_token,
-                ..MemoryState::default()
-            }),
-            before_set: Mutex::new(None),
-        }
-    }
-}
-
-impl CounterStore for MemoryStore {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        let mut state = self.state();
-        if state.failures_to_inject > 0 {
-            state.failures_to_inject -= 1;
-            return Err(StoreError::Unavailable);
-        }
-        Ok(state.values.get(key).cloned())
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let hook = self
-            .before_set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(hook) = hook {
-            hook(self, key);
-        }
-        let mut state = self.state();
-        if state.failures_to_inject > 0 {
-            state.failures_to_inject -= 1;
-            return Err(StoreError::Unavailable);
-        }
-        if state.conflicts_to_inject > 0 {
-            state.conflicts_to_inject -= 1;
-            let token = state.next_token();
-            let bytes = state
-                .values
-                .get(key)
-                .map(|(bytes, _)| bytes.clone())
-                .unwrap_or_default();
-            state.values.insert(key.to_string(), (bytes, token));
-        }
-        if let (Some(expected), Some((_, current))) = (cas, state.values.get(key)) {
-            if expected != *current {
-                state.cas_mismatches += 1;
-                return Err(StoreError::CasMismatch);
-            }
-        }
-        let token = state.next_token();
-        state
-            .values
-            .insert(key.to_string(), (value.to_vec(), token));
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     const SEED: [u8; 32] = [7; 32];
     /// A unix time (ms) at the start of an hour, hence at the start of every window used here.
@@ -1934,19 +1788,45 @@ mod tests {
     }
 
     #[test]
-    #[allow(deprecated)]
     fn placement_hash_is_siphash_2_4() {
         use std::hash::Hasher;
         // The reference vectors of the SipHash paper (Aumasson and Bernstein, appendix A): key
         // 00 01 .. 0f, messages 00 01 .. (n - 1).
         let (k0, k1) = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
         let hash = |n: u8| {
-            let mut hasher = std::hash::SipHasher::new_with_keys(k0, k1);
+            let mut hasher = SipHasher24::new_with_keys(k0, k1);
             hasher.write(&(0..n).collect::<Vec<u8>>());
             hasher.finish()
         };
         assert_eq!(hash(0), 0x726f_db47_dd0e_0e31);
         assert_eq!(hash(15), 0xa129_ca61_49be_45e5);
+    }
+
+    /// The placement of every client is what std's `SipHasher` (the hasher used before) gave:
+    /// the same (limit, window, key) fields land in the same bucket with the same fingerprint.
+    #[test]
+    #[allow(deprecated)]
+    fn placement_hash_matches_the_std_sip_hasher_it_replaced() {
+        use std::hash::Hasher;
+        let limiter = limiter();
+        for (requests, window_seconds) in [(1, 1), (10, 60), (1000, 3600)] {
+            let limit = limit(requests, window_seconds);
+            for client in ["", "1.2.3.4", "tenant-\u{e9}", &"k".repeat(300)] {
+                for &(k0, k1) in &limiter.placement_keys {
+                    let mut std_hasher = std::hash::SipHasher::new_with_keys(k0, k1);
+                    std_hasher.write(&(limit.name.len() as u64).to_le_bytes());
+                    std_hasher.write(limit.name.as_bytes());
+                    std_hasher.write(&limit.window_ms().to_le_bytes());
+                    std_hasher.write(&(client.len() as u64).to_le_bytes());
+                    std_hasher.write(client.as_bytes());
+                    assert_eq!(
+                        keyed_placement_hash((k0, k1), &limit, client),
+                        std_hasher.finish(),
+                        "{client:?}"
+                    );
+                }
+            }
+        }
     }
 
     // --- client keys ---------------------------------------------------------------------------

@@ -189,15 +189,12 @@ pub fn normalize_path_with(
     })
 }
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+/// The byte the escape `%XX` at `bytes[i]` stands for (hex digits of either case), or `None`
+/// when two hex digits do not follow the `%`.
+fn escaped_byte(bytes: &[u8], i: usize) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    base16ct::mixed::decode(bytes.get(i + 1..i + 3)?, &mut byte).ok()?;
+    Some(byte[0])
 }
 
 /// RFC 3986 unreserved: ALPHA / DIGIT / "-" / "." / "_" / "~".
@@ -211,13 +208,22 @@ fn is_raw_path_byte(b: u8) -> bool {
     is_unreserved(b) || b"!$&'()*+,;=:@/".contains(&b)
 }
 
+/// The canonical escape of `b`: `%` and two upper-case hex digits.
 fn push_pct(out: &mut String, b: u8) {
+    let mut hex = [0u8; 2];
     out.push('%');
-    out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
-    out.push(char::from(HEX_UPPER[usize::from(b & 0x0f)]));
+    // Two digits always fit the buffer: `encode_str` cannot fail here.
+    out.push_str(base16ct::upper::encode_str(&[b], &mut hex).unwrap_or_default());
 }
 
 /// One pass of percent-decoding over the path part. The output is pure ASCII.
+///
+/// Hand-written on purpose, not `percent-encoding`'s decoder: that one keeps a malformed `%` as
+/// it is and decodes every escape, where normalisation must decide escape by escape (refuse an
+/// encoded `/`, `\`, `%`, `;`, NUL or control, decode only the unreserved characters, keep the
+/// others escaped in upper case, check UTF-8 across runs of escaped and raw bytes). Decoding
+/// first and re-checking after would lose which bytes were escaped, which is exactly what the
+/// parser differentials this guards against turn on.
 fn decode_path(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -228,12 +234,9 @@ fn decode_path(raw: &str) -> Result<String, PathError> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_val);
-            let lo = bytes.get(i + 2).copied().and_then(hex_val);
-            let (Some(hi), Some(lo)) = (hi, lo) else {
+            let Some(v) = escaped_byte(bytes, i) else {
                 return Err(PathError::InvalidPercentEncoding);
             };
-            let v = (hi << 4) | lo;
             match v {
                 b'/' => return Err(PathError::EncodedSlash),
                 b'\\' => return Err(PathError::EncodedBackslash),
