@@ -27,35 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-// ---- Vectors produced independently of api-guard ------------------------------------------------
-
-/// GitHub's documented example ("Validating webhook deliveries").
-const GITHUB_SECRET: &str = "It's a Secret to Everybody";
-const GITHUB_BODY: &str = "Hello, World!";
-const GITHUB_SIGNATURE: &str =
-    "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-
-/// Produced by PyPI `stripe` 16.1.0:
-/// `stripe.WebhookSignature.generate_signature_header(STRIPE_BODY, secret, 1700000000)`.
-const STRIPE_SECRET: &str = "whsec_5a1d0c9e6b3f4e2a8c7d9b0e1f2a3c4d";
-const STRIPE_ROTATED_SECRET: &str = "whsec_rotated7c2e9f4b1a6d3e8c5b2a9f6e";
-const STRIPE_VECTOR_TIMESTAMP: u64 = 1700000000;
-const STRIPE_VECTOR_BODY: &str = r#"{"id":"evt_1NqGJ2LkdIwHu7ix","object":"event","type":"payment_intent.succeeded","data":{"object":{"id":"pi_3Nq","amount":2000,"currency":"usd"}}}"#;
-const STRIPE_VECTOR_HEADER: &str =
-    "t=1700000000,v1=1235bf4214e08326cae0515f7dc81583c2511ffbe5ba26e9ae325b021ae616e9";
-const STRIPE_VECTOR_ROTATED_HEADER: &str =
-    "t=1700000000,v1=6dbaa9e9e523683ccf5d9e8137307b3aa6ebc81f8a06daa8bbf4c980dfd4e8fa";
-
-/// Produced by PyPI `standardwebhooks` 1.1.0:
-/// `Webhook(secret).sign(STANDARD_VECTOR_ID, datetime.fromtimestamp(1700000000, utc), body)`.
-/// The first secret is the example secret of the Standard Webhooks README.
-const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const STANDARD_ROTATED_SECRET: &str = "whsec_c2Vjb25kLXN0YW5kYXJkLXdlYmhvb2tzLXNlY3JldCE=";
-const STANDARD_VECTOR_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
-const STANDARD_VECTOR_TIMESTAMP: u64 = 1700000000;
-const STANDARD_VECTOR_BODY: &str = r#"{"type":"contact.created","timestamp":"2023-11-14T22:13:20Z","data":{"id":"c_1","email":"a@example.com"}}"#;
-const STANDARD_VECTOR_SIGNATURE: &str = "v1,PlAd/tQx8zYcVJw7C4hNxE40G6MM8RiGAbALZElY990=";
-const STANDARD_VECTOR_ROTATED_SIGNATURE: &str = "v1,l3vMna0YfI4ooh4V7qM0hy21vAVT6l1PYPbNJgTt4Pg=";
+// ---- Vectors produced independently of api-guard (one copy, shared with the core's tests) --
+include!("data/webhook_vectors.rs");
 
 // ---- Secrets only the tests use ----------------------------------------------------------------
 
@@ -134,41 +107,37 @@ fn signer_reproduces_the_official_vectors() {
         "GitHub's documented example"
     );
     assert_eq!(
-        stripe_header(
-            &[STRIPE_SECRET],
-            STRIPE_VECTOR_TIMESTAMP,
-            STRIPE_VECTOR_BODY.as_bytes()
-        ),
-        STRIPE_VECTOR_HEADER,
+        stripe_header(&[STRIPE_SECRET], STRIPE_TIMESTAMP, STRIPE_BODY.as_bytes()),
+        STRIPE_HEADER,
         "stripe package, first secret"
     );
     assert_eq!(
         stripe_header(
             &[STRIPE_ROTATED_SECRET],
-            STRIPE_VECTOR_TIMESTAMP,
-            STRIPE_VECTOR_BODY.as_bytes()
+            STRIPE_TIMESTAMP,
+            STRIPE_BODY.as_bytes()
         ),
-        STRIPE_VECTOR_ROTATED_HEADER,
+        STRIPE_ROTATED_HEADER,
         "stripe package, rotated secret"
     );
     assert_eq!(
         standard_signature(
             STANDARD_SECRET,
-            STANDARD_VECTOR_ID,
-            STANDARD_VECTOR_TIMESTAMP,
-            STANDARD_VECTOR_BODY.as_bytes()
+            STANDARD_ID,
+            STANDARD_TIMESTAMP,
+            STANDARD_BODY.as_bytes()
         ),
-        STANDARD_VECTOR_SIGNATURE,
+        STANDARD_SIGNATURE,
         "standardwebhooks package, README secret"
     );
     assert_eq!(
         standard_signature(
             STANDARD_ROTATED_SECRET,
-            STANDARD_VECTOR_ID,
-            STANDARD_VECTOR_TIMESTAMP,
-            STANDARD_VECTOR_BODY.as_bytes()
+            STANDARD_ID,
+            STANDARD_TIMESTAMP,
+            STANDARD_BODY.as_bytes()
         ),
-        STANDARD_VECTOR_ROTATED_SIGNATURE,
+        STANDARD_ROTATED_SIGNATURE,
         "standardwebhooks package, second secret"
     );
 }
@@ -943,20 +912,20 @@ fn stripe_signatures_through_envoy() {
         &envoy,
         "official vector, first secret",
         path,
-        &hdr("Stripe-Signature", STRIPE_VECTOR_HEADER),
-        STRIPE_VECTOR_BODY.as_bytes(),
+        &hdr("Stripe-Signature", STRIPE_HEADER),
+        STRIPE_BODY.as_bytes(),
         "signature timestamp too old",
     );
     assert_refused_delivery(
         &envoy,
         "official vector, rotated secret",
         path,
-        &hdr("Stripe-Signature", STRIPE_VECTOR_ROTATED_HEADER),
-        STRIPE_VECTOR_BODY.as_bytes(),
+        &hdr("Stripe-Signature", STRIPE_ROTATED_HEADER),
+        STRIPE_BODY.as_bytes(),
         "signature timestamp too old",
     );
-    sent.push(STRIPE_VECTOR_HEADER.to_string());
-    sent.push(STRIPE_VECTOR_ROTATED_HEADER.to_string());
+    sent.push(STRIPE_HEADER.to_string());
+    sent.push(STRIPE_ROTATED_HEADER.to_string());
 
     // Malformed headers.
     let t = unix_now();
@@ -1159,10 +1128,10 @@ fn standard_webhooks_signatures_through_envoy() {
     }
     // The official package vectors: the signature verifies, the age does not.
     for (case, signature) in [
-        ("official vector, first secret", STANDARD_VECTOR_SIGNATURE),
+        ("official vector, first secret", STANDARD_SIGNATURE),
         (
             "official vector, rotated secret",
-            STANDARD_VECTOR_ROTATED_SIGNATURE,
+            STANDARD_ROTATED_SIGNATURE,
         ),
     ] {
         sent.push(signature.to_string());
@@ -1170,8 +1139,8 @@ fn standard_webhooks_signatures_through_envoy() {
             &envoy,
             case,
             path,
-            &standard_headers(STANDARD_VECTOR_ID, STANDARD_VECTOR_TIMESTAMP, signature),
-            STANDARD_VECTOR_BODY.as_bytes(),
+            &standard_headers(STANDARD_ID, STANDARD_TIMESTAMP, signature),
+            STANDARD_BODY.as_bytes(),
             "signature timestamp too old",
         );
     }
