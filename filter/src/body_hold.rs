@@ -26,10 +26,10 @@
 //!   503, and the missing setting is logged once per VM. A client that has sent no body byte
 //!   yet keeps waiting (with the setting, the callbacks would not have come either).
 
+use crate::host;
 use crate::tick::TickUser;
 use crate::{log, now_ms, HeldBody, HttpState, Shared};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -189,7 +189,7 @@ impl BodyWaits {
 /// `request.total_size` of the current (or effective) context: the bytes of the headers and of
 /// the body received so far, whatever the filters did with them.
 fn request_total_size() -> Option<u64> {
-    let bytes = hostcalls::get_property(vec!["request", "total_size"])
+    let bytes = host::get_property(&["request", "total_size"])
         .ok()
         .flatten()?;
     let bytes: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
@@ -216,7 +216,7 @@ pub(super) fn on_tick(shared: &Shared, root_context_id: u32, now: u64) {
             if now < waiter.deadline_ms {
                 return true;
             }
-            if hostcalls::set_effective_context(context_id).is_err() {
+            if host::set_effective_context(context_id).is_err() {
                 return false; // no such stream any more
             }
             let body_arrived = match (waiter.total_size_at_headers, request_total_size()) {
@@ -241,14 +241,14 @@ pub(super) fn on_tick(shared: &Shared, root_context_id: u32, now: u64) {
         let Some(request) = request.upgrade() else {
             continue;
         };
-        if hostcalls::set_effective_context(context_id).is_err() {
+        if host::set_effective_context(context_id).is_err() {
             continue;
         }
         if let Ok(mut state) = request.try_borrow_mut() {
             state.body_callbacks_never_came();
         };
     }
-    let _ = hostcalls::set_effective_context(root_context_id);
+    let _ = host::set_effective_context(root_context_id);
 }
 
 impl HttpState {
@@ -324,17 +324,17 @@ impl HttpState {
         if end_of_stream {
             return self.finish_held_body(body_size);
         }
-        let chunk = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+        let chunk = match host::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
             Ok(chunk) => chunk.unwrap_or_default(),
             Err(status) => {
-                return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+                return self.fail_closed(&format!("cannot read the request body: {status}"))
             }
         };
         if let Err(error) = self.keep(&chunk, true) {
             return error;
         }
-        if let Err(status) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, b"") {
-            return self.fail_closed(&format!("cannot drain the request body: {status:?}"));
+        if let Err(status) = host::set_buffer(BufferType::HttpRequestBody, 0, body_size, b"") {
+            return self.fail_closed(&format!("cannot drain the request body: {status}"));
         }
         // Envoy's buffer is empty again; the headers wait with the body.
         Action::Pause
@@ -343,10 +343,10 @@ impl HttpState {
     /// The body is complete: `in_envoy` bytes of it (at most; the host clamps) are still in
     /// Envoy's buffer after the drained ones. Checks the whole.
     pub(super) fn finish_held_body(&mut self, in_envoy: usize) -> Action {
-        let tail = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, in_envoy) {
+        let tail = match host::get_buffer(BufferType::HttpRequestBody, 0, in_envoy) {
             Ok(tail) => tail.unwrap_or_default(),
             Err(status) => {
-                return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+                return self.fail_closed(&format!("cannot read the request body: {status}"))
             }
         };
         let nothing_drained = self.held.as_ref().is_some_and(|h| h.taken.len() == 0);
@@ -381,8 +381,8 @@ impl HttpState {
         if drained.is_empty() {
             return Ok(());
         }
-        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, 0, drained)
-            .map_err(|status| format!("cannot restore the request body: {status:?}"))
+        host::set_buffer(BufferType::HttpRequestBody, 0, 0, drained)
+            .map_err(|status| format!("cannot restore the request body: {status}"))
     }
 
     /// Whether the response about to be encoded is the reply this filter sent. After a body
@@ -392,20 +392,18 @@ impl HttpState {
         if !self.body_seen {
             return true;
         }
-        let content_type =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
-                .ok()
-                .flatten();
+        let content_type = host::get_header(MapType::HttpResponseHeaders, "content-type")
+            .ok()
+            .flatten();
         if content_type.as_deref() != Some(b"application/json".as_slice()) {
             return false;
         }
         if self.response.request_id.is_empty() {
             return true;
         }
-        let request_id =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "x-request-id")
-                .ok()
-                .flatten();
+        let request_id = host::get_header(MapType::HttpResponseHeaders, "x-request-id")
+            .ok()
+            .flatten();
         request_id.as_deref() == Some(self.response.request_id.as_bytes())
     }
 }

@@ -16,6 +16,7 @@
 //!   A request that ended meanwhile has no context any more: the call fails and the root skips
 //!   it (its state is gone too: the root only holds a `Weak`).
 
+use crate::host;
 use crate::tick::{TickUser, Ticker};
 use crate::{decide_with_env, log, now_ms, HostSharedData, HttpState, Shared};
 use api_guard_core::authn::jwt::remote::{
@@ -271,6 +272,7 @@ fn dispatch_fetch(shared: &Shared, index: usize, now: u64) {
     let Some(source) = &provider.remote else {
         return;
     };
+    // The SDK's call, not a `host` wrapper: its dispatcher must record the token (see `host`).
     match hostcalls::dispatch_http_call(
         &source.cluster,
         source.request_headers(),
@@ -339,15 +341,15 @@ pub(super) fn on_fetch_response(
     let status = if num_headers == 0 {
         None
     } else {
-        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        host::get_header(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
     };
     // A body over the limit is never copied into the VM.
     let body = match status {
         Some(_) if body_size <= MAX_JWKS_BYTES => {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            host::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .flatten()
                 .unwrap_or_default()
@@ -445,19 +447,17 @@ fn settle_waiters(
         let Some(request) = waiter.request.upgrade() else {
             continue;
         };
-        if hostcalls::set_effective_context(waiter.context_id).is_err() {
+        if host::set_effective_context(waiter.context_id).is_err() {
             continue;
         }
         let Ok(mut request) = request.try_borrow_mut() else {
             continue;
         };
-        if request.decide_after_wait() == Action::Continue
-            && hostcalls::resume_http_request().is_err()
-        {
-            let _ = hostcalls::reset_http_request();
+        if request.decide_after_wait() == Action::Continue && host::resume_http_request().is_err() {
+            let _ = host::reset_http_request();
         }
     }
-    let _ = hostcalls::set_effective_context(root_context_id);
+    let _ = host::set_effective_context(root_context_id);
 }
 
 impl HttpState {
@@ -503,10 +503,10 @@ impl HttpState {
         end_of_stream: bool,
     ) -> Action {
         let copied = if end_of_stream {
-            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            match host::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
                 Ok(body) => Some(body.unwrap_or_default()),
                 Err(status) => {
-                    return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+                    return self.fail_closed(&format!("cannot read the request body: {status}"))
                 }
             }
         } else {
@@ -535,7 +535,7 @@ impl HttpState {
             return Action::Continue;
         };
         let body_size = held.body_size;
-        let copied = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+        let copied = host::get_buffer(BufferType::HttpRequestBody, 0, body_size)
             .ok()
             .map(Option::unwrap_or_default);
         if let Some(held) = &mut self.held_for_keys {

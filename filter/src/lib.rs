@@ -1,15 +1,18 @@
 //! The adapter between Envoy (proxy-wasm ABI) and the core. It translates host data into core
 //! types and core verdicts into hostcalls; it makes no decisions.
 //!
-//! Only the `Result`-returning `proxy_wasm::hostcalls` are used: the SDK's convenience methods
-//! unwrap host errors, and under `panic = "abort"` a panic kills the worker's VM for every
-//! request it carries. A host error on the request path becomes a fail-closed 503 instead.
+//! Hostcalls go through `host` (raw ABI, the host's status as a `Result`): the SDK's
+//! convenience methods unwrap host errors, and even its `Result`-returning `hostcalls` panic on
+//! a status they do not expect; under `panic = "abort"` a panic kills the worker's VM for every
+//! request it carries. A host error on the request path becomes a fail-closed 503 (or a reset
+//! stream) instead.
 //!
 //! Built for `wasm32-wasip1` only (`target/wasm32-wasip1/release/api_guard.wasm`); on any other
 //! target the crate is empty, so that `cargo test --workspace` can build it.
 #![cfg(target_arch = "wasm32")]
 
 mod body_hold;
+mod host;
 mod host_headers;
 mod jwks;
 mod tick;
@@ -26,22 +29,22 @@ use api_guard_core::pipeline::policy::{
     ResponseContext, Verdict,
 };
 use api_guard_core::request::head::{client_ip, RequestHead};
+use api_guard_core::request::header_pairs::serialize;
 use api_guard_core::response::error_rewrite::{BodySample, ResponseOrigin};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
 use api_guard_core::support::events::{summary_json, Admission, EventBudget, SecurityEvent};
 use api_guard_core::support::shared_store::{CounterStore, StoreError};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
-use std::time::UNIX_EPOCH;
 
 /// Verified tokens kept per worker. Direct-mapped, so this is also the memory bound.
 const TOKEN_CACHE_SLOTS: usize = 4096;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Not `proxy_wasm::set_log_level`: the SDK's logger and panic hook unwrap the host's status.
+    host::install_logger();
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(ApiGuardRoot { context_id, shared: None })
     });
@@ -49,7 +52,7 @@ proxy_wasm::main! {{
 
 fn log(level: LogLevel, message: &str) {
     // Nothing sensible is left to do when the host refuses a log line.
-    let _ = hostcalls::log(level, message);
+    let _ = host::log(level, message);
 }
 
 /// Writes a security event, within the worker's per-second budget of event lines.
@@ -95,10 +98,7 @@ struct EnvoyForeignFunctions;
 
 impl ForeignFunctions for EnvoyForeignFunctions {
     fn call(&self, function: &str, arguments: &[u8]) -> Result<Vec<u8>, HostCallFailed> {
-        match hostcalls::call_foreign_function(function, Some(arguments)) {
-            Ok(reply) => Ok(reply.unwrap_or_default()),
-            Err(_) => Err(HostCallFailed),
-        }
+        host::call_foreign_function(function, arguments).map_err(|_| HostCallFailed)
     }
 }
 
@@ -107,19 +107,13 @@ struct HostSharedData;
 
 impl CounterStore for HostSharedData {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Ok(Some((value, cas.unwrap_or(0)))),
-            // An empty value comes back without data but with its CAS token.
-            Ok((None, Some(cas))) => Ok(Some((Vec::new(), cas))),
-            Ok((None, None)) => Ok(None),
-            Err(_) => Err(StoreError::Unavailable),
-        }
+        host::get_shared_data(key).map_err(|_| StoreError::Unavailable)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match host::set_shared_data(key, value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(error) if error.is_cas_mismatch() => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Unavailable),
         }
     }
@@ -127,18 +121,12 @@ impl CounterStore for HostSharedData {
 
 /// The downstream address (`ip:port`) Envoy computed for this stream.
 fn source_address() -> Option<String> {
-    let bytes = hostcalls::get_property(vec!["source", "address"])
-        .ok()
-        .flatten()?;
+    let bytes = host::get_property(&["source", "address"]).ok().flatten()?;
     String::from_utf8(bytes).ok()
 }
 
-fn now_ms() -> Result<u64, Status> {
-    let time = hostcalls::get_current_time()?;
-    Ok(time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0))
+fn now_ms() -> Result<u64, host::HostError> {
+    host::now_ms()
 }
 
 /// Lends a decision the host's request environment: the clock, the verifier, this worker's
@@ -148,7 +136,7 @@ fn decide_with_env(
     may_wait_for_keys: bool,
     decide: impl FnOnce(&mut RequestEnv<'_>) -> Decision,
 ) -> Result<Decision, String> {
-    let now_ms = now_ms().map_err(|status| format!("cannot read the clock: {status:?}"))?;
+    let now_ms = now_ms().map_err(|status| format!("cannot read the clock: {status}"))?;
     let mut token_cache = shared
         .token_cache
         .try_borrow_mut()
@@ -208,8 +196,9 @@ impl Context for ApiGuardRoot {
 
 impl RootContext for ApiGuardRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        host::refresh_log_level();
         self.shared = None;
-        let bytes = match hostcalls::get_buffer(
+        let bytes = match host::get_buffer(
             BufferType::PluginConfiguration,
             0,
             plugin_configuration_size,
@@ -218,7 +207,7 @@ impl RootContext for ApiGuardRoot {
             Err(status) => {
                 log(
                     LogLevel::Error,
-                    &format!("api-guard: cannot read the plugin configuration: {status:?}"),
+                    &format!("api-guard: cannot read the plugin configuration: {status}"),
                 );
                 return true;
             }
@@ -304,6 +293,7 @@ impl RootContext for ApiGuardRoot {
     }
 
     fn on_tick(&mut self) {
+        host::refresh_log_level();
         let (Some(shared), Ok(now)) = (&self.shared, now_ms()) else {
             return;
         };
@@ -361,7 +351,7 @@ impl ApiGuardHttp {
             Ok(mut state) => handle(&mut state),
             // Unreachable (one thread, no re-entry), and never a pass-through if it were not.
             Err(_) => {
-                let _ = hostcalls::reset_http_request();
+                let _ = host::reset_http_request();
                 Action::Pause
             }
         }
@@ -435,15 +425,10 @@ impl HttpState {
                 fallback.edits()
             }
         };
-        // Every name and value here is the filter's own text.
-        let headers: Vec<(&str, &str)> = edits
-            .merge(&reply)
-            .into_iter()
-            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
-            .collect();
-        if hostcalls::send_http_response(u32::from(status), headers, Some(body)).is_err() {
+        let headers = serialize(&edits.merge(&reply));
+        if host::send_http_response(status, &headers, body).is_err() {
             // Cannot answer: reset the stream rather than let the request through.
-            let _ = hostcalls::reset_http_request();
+            let _ = host::reset_http_request();
         }
         Action::Pause
     }
@@ -461,15 +446,15 @@ impl HttpState {
         self.send_reply(&reply)
     }
 
-    fn apply_forward(forward: &Forward) -> Result<(), Status> {
+    fn apply_forward(forward: &Forward) -> Result<(), host::HostError> {
         for name in &forward.remove_headers {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)?;
+            host::remove_header(MapType::HttpRequestHeaders, name)?;
         }
         for (name, value) in &forward.set_headers {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))?;
+            host::set_header(MapType::HttpRequestHeaders, name, value)?;
         }
         if let Some(path) = &forward.set_path {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path))?;
+            host::set_header(MapType::HttpRequestHeaders, ":path", path)?;
         }
         Ok(())
     }
@@ -490,15 +475,14 @@ impl HttpState {
                 if let Some(held) = self.held.take() {
                     if let Err(status) = Self::apply_forward(&held.forward) {
                         return self
-                            .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                            .fail_closed(&format!("cannot rewrite request headers: {status}"));
                     }
                     if let Err(why) = Self::restore_held_body(&held) {
                         return self.fail_closed(&why);
                     }
                 }
                 if let Err(status) = Self::apply_forward(&forward) {
-                    return self
-                        .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                    return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
                 }
                 self.body_counter = self.response.stream_body_limit.map(BodyCounter::new);
                 Action::Continue
@@ -623,7 +607,7 @@ impl HttpState {
         }
         if let Some(held) = held {
             if let Err(status) = Self::apply_forward(&held.forward) {
-                return self.fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
             }
             if let Err(why) = Self::restore_held_body(&held) {
                 return self.fail_closed(&why);
@@ -646,7 +630,7 @@ impl HttpState {
         // a response gets a dozen headers set or removed.
         let Ok(map) = host_headers::read(MapType::HttpResponseHeaders) else {
             // The security headers cannot be added: do not send the response without them.
-            let _ = hostcalls::reset_http_response();
+            let _ = host::reset_http_response();
             return Action::Pause;
         };
         let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
@@ -656,7 +640,7 @@ impl HttpState {
         };
         let status = response_status(&headers);
         let origin = if status >= 400 {
-            let details = hostcalls::get_property(vec!["response", "code_details"])
+            let details = host::get_property(&["response", "code_details"])
                 .ok()
                 .flatten();
             ResponseOrigin::classify(
@@ -699,7 +683,7 @@ impl HttpState {
         };
         let keep = rewrite.sample.remaining().min(body_size);
         if keep > 0 {
-            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, keep) {
+            if let Ok(Some(chunk)) = host::get_buffer(BufferType::HttpResponseBody, 0, keep) {
                 rewrite.sample.push_partial(&chunk, body_size);
             }
         } else {
@@ -712,8 +696,8 @@ impl HttpState {
         } else {
             b""
         };
-        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, replacement).is_err() {
-            let _ = hostcalls::reset_http_response();
+        if host::set_buffer(BufferType::HttpResponseBody, 0, body_size, replacement).is_err() {
+            let _ = host::reset_http_response();
         }
         if end_of_stream {
             if let Some(rewrite) = self.rewrite.take() {
@@ -728,7 +712,7 @@ impl HttpState {
     fn write_response_headers(headers: &[(&[u8], &[u8])]) -> Action {
         if host_headers::write(MapType::HttpResponseHeaders, headers).is_err() {
             // The security headers could not be written: do not send the response without them.
-            let _ = hostcalls::reset_http_response();
+            let _ = host::reset_http_response();
             return Action::Pause;
         }
         Action::Continue
