@@ -28,9 +28,9 @@
 
 use crate::host;
 use crate::tick::TickUser;
-use crate::{log, now_ms, HeldBody, HttpState, Shared};
+use crate::{now_ms, HeldBody, HttpState, Shared};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
-use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -302,7 +302,7 @@ impl HttpState {
         }
         if let Some(shared) = &self.shared {
             if !shared.body_waits.logged_missing_setting.replace(true) {
-                log(LogLevel::Error, MISSING_STOP_ITERATION_SETTING);
+                log::error!("{MISSING_STOP_ITERATION_SETTING}");
             }
         }
         self.held = None;

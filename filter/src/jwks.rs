@@ -18,14 +18,15 @@
 
 use crate::host;
 use crate::tick::{TickUser, Ticker};
-use crate::{decide_with_env, log, now_ms, HostSharedData, HttpState, Shared};
+use crate::{decide_with_env, now_ms, HostSharedData, HttpState, Shared};
+use api_guard_core::authn::jwks_refresh;
 use api_guard_core::authn::jwt::remote::{
     self, Claim, FetchReport, FetchState, HttpReply, RemoteKeys, WaitTicket, MAX_JWKS_BYTES,
 };
 use api_guard_core::pipeline::policy::Policy;
 use api_guard_core::request::head::RequestHead;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::{Ref, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -211,12 +212,9 @@ fn reload(shared: &Shared, index: usize, published_version: Option<u64>) {
             &mut keys,
             index,
         ) {
-            log(
-                LogLevel::Debug,
-                &format!(
-                    "api-guard: provider {}: key set version {version} loaded",
-                    provider.name
-                ),
+            log::debug!(
+                "api-guard: provider {}: key set version {version} loaded",
+                provider.name
             );
         }
     }
@@ -396,15 +394,7 @@ fn log_report(shared: &Shared, index: usize, report: &FetchReport) {
         .keys
         .try_borrow()
         .map_or(0, |keys| keys.version(index));
-    let Some(event) = report.event(&provider.name, serving) else {
-        return;
-    };
-    let level = match (event.is_failure(), event.event) {
-        (true, _) => LogLevel::Warn,
-        (false, "jwks_updated") => LogLevel::Info,
-        _ => LogLevel::Debug,
-    };
-    log(level, &event.to_json());
+    jwks_refresh::log_fetch_report(&provider.name, serving, report);
 }
 
 /// Decides again the waiting requests whose keys settled (new set, refetch done, deadline).

@@ -32,10 +32,11 @@ use api_guard_core::request::head::{client_ip, RequestHead};
 use api_guard_core::request::header_pairs::serialize;
 use api_guard_core::response::error_rewrite::{BodySample, ResponseOrigin};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
-use api_guard_core::support::events::{summary_json, Admission, EventBudget, SecurityEvent};
+use api_guard_core::support::events::{self, EventBudget, SecurityEvent};
+use api_guard_core::support::logging;
 use api_guard_core::support::shared_store::{CounterStore, StoreError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
@@ -50,47 +51,11 @@ proxy_wasm::main! {{
     });
 }}
 
-fn log(level: LogLevel, message: &str) {
-    // Nothing sensible is left to do when the host refuses a log line.
-    let _ = host::log(level, message);
-}
-
 /// Writes a security event, within the worker's per-second budget of event lines.
 fn log_event(shared: &Shared, event: &SecurityEvent) {
-    let level = if event.code == "allowed" {
-        LogLevel::Info
-    } else {
-        LogLevel::Warn
-    };
-    let admission = match (shared.event_budget.try_borrow_mut(), now_ms()) {
-        (Ok(mut budget), Ok(now)) => budget.admit(now),
-        _ => Admission::Log,
-    };
-    match admission {
-        Admission::Suppress => {}
-        Admission::Log => log(level, &event.to_json()),
-        Admission::LogAfterSummary { suppressed } => {
-            log(LogLevel::Warn, &summary_json(suppressed));
-            log(level, &event.to_json());
-        }
-    }
-}
-
-/// Logs a message once for all the VMs of this plugin (Envoy runs one per worker, plus one on
-/// the main thread, and each runs `on_configure`), using insert-if-absent on shared data.
-fn log_once(level: LogLevel, message: &str) {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(message.as_bytes());
-    let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    if HostSharedData
-        .set(
-            &format!("api-guard.logged.{key}"),
-            b"1",
-            Some(api_guard_core::support::shared_store::INSERT_IF_ABSENT),
-        )
-        .is_ok()
-    {
-        log(level, message);
+    match (shared.event_budget.try_borrow_mut(), now_ms()) {
+        (Ok(mut budget), Ok(now)) => events::log_event(Some(&mut budget), now, event),
+        _ => events::log_event(None, 0, event),
     }
 }
 
@@ -205,25 +170,14 @@ impl RootContext for ApiGuardRoot {
         ) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("api-guard: cannot read the plugin configuration: {status}"),
-                );
+                log::error!("api-guard: cannot read the plugin configuration: {status}");
                 return true;
             }
         };
         let policy = match config::load(&bytes) {
             Ok(policy) => policy,
             Err(errors) => {
-                let mut message = format!(
-                    "api-guard: invalid configuration, refusing to start; every request is answered 503 until it is fixed ({} error(s)):",
-                    errors.len()
-                );
-                for error in &errors {
-                    message.push_str("\n  ");
-                    message.push_str(&error.to_string());
-                }
-                log_once(LogLevel::Error, &message);
+                logging::log_refusal(&HostSharedData, &errors);
                 // Returning false would make Envoy refuse a static bootstrap and exit, while under
                 // dynamic configuration (ECDS, an Istio WasmPlugin) it behaves otherwise. Staying
                 // loaded without a policy fails closed the same way everywhere: every request is
@@ -231,14 +185,7 @@ impl RootContext for ApiGuardRoot {
                 return true;
             }
         };
-        if let Some(cors) = &policy.cors {
-            for warning in cors.warnings() {
-                log_once(
-                    LogLevel::Warn,
-                    &format!("api-guard: configuration warning: {warning}"),
-                );
-            }
-        }
+        logging::log_warnings(&HostSharedData, &policy);
         let verifier: Box<dyn SignatureVerifier> =
             if HostVerifier::self_test(&EnvoyForeignFunctions) {
                 Box::new(HostVerifier {
@@ -255,22 +202,16 @@ impl RootContext for ApiGuardRoot {
             match seeded.and_then(|()| shared_seed(&HostSharedData, fresh)) {
                 Ok(seed) => Some(Limiter::new(seed)),
                 Err(error) => {
-                    log_once(
-                        LogLevel::Error,
+                    logging::log_once(
+                        &HostSharedData,
+                        log::Level::Error,
                         &format!("api-guard: no shared rate-limit seed ({error:?}); rate-limited routes answer 503"),
                     );
                     None
                 }
             }
         };
-        log_once(
-            LogLevel::Info,
-            &format!(
-                "api-guard: configured {} route(s); signature verification: {}",
-                policy.routes.len(),
-                verifier.name()
-            ),
-        );
+        logging::log_configured(&HostSharedData, &policy, verifier.name());
         let ticker = Rc::new(tick::Ticker::default());
         let remote_jwks = jwks::RemoteJwksDriver::new(&policy, Rc::clone(&ticker));
         // Remote key sets are fetched from the timer only, never here: the first tick comes
@@ -438,10 +379,7 @@ impl HttpState {
     }
 
     fn fail_closed(&mut self, why: &str) -> Action {
-        log(
-            LogLevel::Error,
-            &format!("api-guard: failing closed: {why}"),
-        );
+        log::error!("api-guard: failing closed: {why}");
         let reply = LocalReply::new(ErrorCode::ServiceUnavailable, &self.response.request_id);
         self.send_reply(&reply)
     }
