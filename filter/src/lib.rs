@@ -24,9 +24,12 @@ use api_guard_core::authn::jwt::verifier::{
 use api_guard_core::config;
 use api_guard_core::limits::body_limit::BodyCounter;
 use api_guard_core::limits::rate_limit::{shared_seed, Limiter};
+use api_guard_core::pipeline::flow::{
+    self, BodyOverLimit, ErrorBodyRewrite, ResponseBody, ResponseHeadersPlan,
+};
 use api_guard_core::pipeline::policy::{
-    fallback_response_edits, response_status, BodyCheck, Decision, Forward, Policy, RequestEnv,
-    ResponseContext, Verdict,
+    fallback_response_edits, BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext,
+    Verdict,
 };
 use api_guard_core::request::head::{client_ip, RequestHead};
 use api_guard_core::request::header_pairs::serialize;
@@ -270,13 +273,6 @@ struct HeldBody {
     taken: body_hold::BodyStore,
 }
 
-/// An upstream or Envoy error body being replaced by the envelope as it streams.
-struct BodyRewrite {
-    envelope: String,
-    sample: BodySample,
-    status: u16,
-}
-
 /// The SDK owns the http context; its state lives behind `Rc<RefCell<..>>` so that the root
 /// context can finish a request that waited for keys (the host lets the root act for a request
 /// with `set_effective_context`).
@@ -329,7 +325,7 @@ struct HttpState {
     held: Option<HeldBody>,
     body_counter: Option<BodyCounter>,
     sent_local_reply: bool,
-    rewrite: Option<BodyRewrite>,
+    rewrite: Option<ErrorBodyRewrite>,
     context_id: u32,
     /// This state's own handle, registered with the root while the request waits for keys.
     self_ref: Weak<RefCell<HttpState>>,
@@ -538,20 +534,27 @@ impl HttpState {
             return self.fail_closed("no policy");
         };
         self.fill_event_client();
-        let (event, reply) = shared.policy.body_too_large(&self.response);
+        let (event, outcome) =
+            flow::body_over_limit(&shared.policy, &self.response, held.is_some());
         log_event(&shared, &event);
-        if let Some(reply) = reply {
-            return self.send_reply(&reply);
-        }
-        if let Some(held) = held {
-            if let Err(status) = Self::apply_forward(&held.forward) {
-                return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
+        match (outcome, held) {
+            (BodyOverLimit::Reply(reply), _) => self.send_reply(&reply),
+            (
+                BodyOverLimit::Proceed {
+                    restore_held_body: true,
+                },
+                Some(held),
+            ) => {
+                if let Err(status) = Self::apply_forward(&held.forward) {
+                    return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
+                }
+                if let Err(why) = Self::restore_held_body(&held) {
+                    return self.fail_closed(&why);
+                }
+                Action::Continue
             }
-            if let Err(why) = Self::restore_held_body(&held) {
-                return self.fail_closed(&why);
-            }
+            (BodyOverLimit::Proceed { .. }, _) => Action::Continue,
         }
-        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -576,41 +579,24 @@ impl HttpState {
             let fallback = fallback_response_edits(&self.response.request_id);
             return Self::write_response_headers(&fallback.edits().merge(&headers));
         };
-        let status = response_status(&headers);
-        let origin = if status >= 400 {
-            let details = host::get_property(&["response", "code_details"])
-                .ok()
-                .flatten();
-            ResponseOrigin::classify(
-                false,
-                details.as_deref().and_then(|d| std::str::from_utf8(d).ok()),
-            )
-        } else {
-            ResponseOrigin::Upstream
-        };
-        let edits = shared.policy.plan_response(&self.response, status, origin);
-        let mut merged = edits.merge(&headers);
-        let envelope_length;
-        if let (Some(envelope), false) = (&edits.replace_body, end_of_stream) {
-            // The body that follows is exactly the envelope: say so, so that a rewritten error
-            // looks like the filter's own replies (same framing), not like a chunked upstream one.
-            envelope_length = envelope.len().to_string();
-            merged.push((b"content-length", envelope_length.as_bytes()));
-        }
-        if Self::write_response_headers(&merged) == Action::Pause {
+        let plan = ResponseHeadersPlan::new(
+            &shared.policy,
+            &self.response,
+            &headers,
+            end_of_stream,
+            || {
+                host::get_property(&["response", "code_details"])
+                    .ok()
+                    .flatten()
+            },
+        );
+        if Self::write_response_headers(&plan.headers(&headers)) == Action::Pause {
             return Action::Pause;
         }
-        if let Some(envelope) = edits.replace_body {
-            if end_of_stream {
-                // No body to replace; the headers already say what the error is.
-                self.log_upstream_error(status, &BodySample::new(0));
-            } else {
-                self.rewrite = Some(BodyRewrite {
-                    envelope,
-                    sample: BodySample::new(edits.log_body_bytes),
-                    status,
-                });
-            }
+        match plan.body() {
+            ResponseBody::Pass => {}
+            ResponseBody::LogNow { status, sample } => self.log_upstream_error(status, &sample),
+            ResponseBody::Rewrite(rewrite) => self.rewrite = Some(rewrite),
         }
         Action::Continue
     }
@@ -619,27 +605,27 @@ impl HttpState {
         let Some(rewrite) = &mut self.rewrite else {
             return Action::Continue;
         };
-        let keep = rewrite.sample.remaining().min(body_size);
-        if keep > 0 {
-            if let Ok(Some(chunk)) = host::get_buffer(BufferType::HttpResponseBody, 0, keep) {
-                rewrite.sample.push_partial(&chunk, body_size);
-            }
-        } else {
-            rewrite.sample.push_partial(&[], body_size);
-        }
-        // The original body never reaches the client: each chunk is dropped as it passes, and
-        // the envelope takes the place of the last one.
-        let replacement: &[u8] = if end_of_stream {
-            rewrite.envelope.as_bytes()
-        } else {
-            b""
+        let read = match rewrite.bytes_to_read(body_size) {
+            0 => None,
+            keep => host::get_buffer(BufferType::HttpResponseBody, 0, keep)
+                .ok()
+                .flatten(),
         };
-        if host::set_buffer(BufferType::HttpResponseBody, 0, body_size, replacement).is_err() {
+        // The original body never reaches the client (see `ErrorBodyRewrite`).
+        let chunk = rewrite.chunk(read.as_deref(), body_size, end_of_stream);
+        if host::set_buffer(
+            BufferType::HttpResponseBody,
+            0,
+            body_size,
+            chunk.replacement,
+        )
+        .is_err()
+        {
             let _ = host::reset_http_response();
         }
-        if end_of_stream {
+        if chunk.finished {
             if let Some(rewrite) = self.rewrite.take() {
-                self.log_upstream_error(rewrite.status, &rewrite.sample);
+                self.log_upstream_error(rewrite.status(), rewrite.sample());
             }
         }
         Action::Continue
