@@ -29,6 +29,7 @@
 use crate::host;
 use crate::tick::TickUser;
 use crate::{now_ms, HeldBody, HttpState, Shared};
+use api_guard_core::pipeline::flow::{self, BodyWaitCheck, BODY_WAIT_TIMEOUT_MS};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::{Cell, RefCell};
@@ -40,15 +41,9 @@ use std::rc::{Rc, Weak};
 /// would abort it, and with it every request of the worker.
 pub(super) const MAX_HELD_BODY_BYTES_PER_WORKER: usize = 256 * 1024 * 1024;
 
-/// How long a request that paused on its headers for a body may go without a body callback
-/// once its body has started to reach Envoy (see the module notes).
-pub(super) const BODY_WAIT_TIMEOUT_MS: u64 = 3_000;
 /// The timer's period while requests wait for their first body callback: the resolution of
 /// [`BODY_WAIT_TIMEOUT_MS`].
 const BODY_WAIT_TICK_MS: u64 = 250;
-/// Past its deadline, a request whose client has sent no body byte yet is looked at again this
-/// much later (each look costs two hostcalls).
-const BODY_WAIT_RECHECK_MS: u64 = 1_000;
 /// Requests one worker watches at most; beyond, a request pauses unwatched (as it did before
 /// the table existed), so that clients which send headers and no body cannot fill the table and
 /// make other requests fail.
@@ -213,23 +208,27 @@ pub(super) fn on_tick(shared: &Shared, root_context_id: u32, now: u64) {
             if waiter.request.strong_count() == 0 {
                 return false; // the request ended
             }
-            if now < waiter.deadline_ms {
-                return true;
-            }
-            if host::set_effective_context(context_id).is_err() {
-                return false; // no such stream any more
-            }
-            let body_arrived = match (waiter.total_size_at_headers, request_total_size()) {
-                (Some(before), Some(now)) => now > before,
-                // Unknown: fail closed rather than let the request hang.
-                _ => true,
-            };
-            if body_arrived {
-                expired.push((context_id, waiter.request.clone()));
-                false
-            } else {
-                waiter.deadline_ms = now.saturating_add(BODY_WAIT_RECHECK_MS);
-                true
+            // Each look past the deadline costs two hostcalls.
+            let check = flow::check_body_wait(
+                now,
+                waiter.deadline_ms,
+                waiter.total_size_at_headers,
+                || {
+                    host::set_effective_context(context_id).map_err(|_| ())?;
+                    Ok(request_total_size())
+                },
+            );
+            match check {
+                BodyWaitCheck::Keep => true,
+                BodyWaitCheck::Gone => false,
+                BodyWaitCheck::Expire => {
+                    expired.push((context_id, waiter.request.clone()));
+                    false
+                }
+                BodyWaitCheck::RecheckAt(deadline) => {
+                    waiter.deadline_ms = deadline;
+                    true
+                }
             }
         });
         if waiting.is_empty() {
@@ -389,21 +388,22 @@ impl HttpState {
     /// callback it may not be: Envoy's own reply (its buffer-limit 413) can win over the
     /// filter's in the same callback.
     pub(super) fn is_own_reply(&self) -> bool {
-        if !self.body_seen {
-            return true;
-        }
-        let content_type = host::get_header(MapType::HttpResponseHeaders, "content-type")
-            .ok()
-            .flatten();
-        if content_type.as_deref() != Some(b"application/json".as_slice()) {
-            return false;
-        }
-        if self.response.request_id.is_empty() {
-            return true;
-        }
-        let request_id = host::get_header(MapType::HttpResponseHeaders, "x-request-id")
-            .ok()
-            .flatten();
-        request_id.as_deref() == Some(self.response.request_id.as_bytes())
+        let content_type = if self.body_seen {
+            host::get_header(MapType::HttpResponseHeaders, "content-type")
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        flow::is_own_reply(
+            self.body_seen,
+            &self.response.request_id,
+            content_type.as_deref(),
+            || {
+                host::get_header(MapType::HttpResponseHeaders, "x-request-id")
+                    .ok()
+                    .flatten()
+            },
+        )
     }
 }

@@ -185,6 +185,77 @@ pub fn body_over_limit(
     (event, outcome)
 }
 
+/// How long a request that paused on its headers for a body may go without a body callback
+/// once its body has started to reach the host (the host may keep the body from the filter:
+/// Envoy without `allow_on_headers_stop_iteration`).
+pub const BODY_WAIT_TIMEOUT_MS: u64 = 3_000;
+/// Past its deadline, a request whose client has sent no body byte yet is looked at again this
+/// much later.
+pub const BODY_WAIT_RECHECK_MS: u64 = 1_000;
+
+/// What to do with a request paused on its headers that has had no body callback yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyWaitCheck {
+    /// Before its deadline: keep waiting.
+    Keep,
+    /// The host has no such stream any more: forget it.
+    Gone,
+    /// Its body reached the host and never the filter: answer 503 (fail closed).
+    Expire,
+    /// The client has sent no body byte yet: look again at this time.
+    RecheckAt(u64),
+}
+
+/// Looks at a request waiting for its first body callback at `now_ms`. `total_size` reads how
+/// many bytes of the request the host has now (`Err`: the stream is gone; `Ok(None)`: unknown),
+/// and is only called past the deadline; `total_at_headers` is what it read when the request
+/// paused. An unknown size fails closed rather than let the request hang.
+pub fn check_body_wait(
+    now_ms: u64,
+    deadline_ms: u64,
+    total_at_headers: Option<u64>,
+    total_size: impl FnOnce() -> Result<Option<u64>, ()>,
+) -> BodyWaitCheck {
+    if now_ms < deadline_ms {
+        return BodyWaitCheck::Keep;
+    }
+    let Ok(now_total) = total_size() else {
+        return BodyWaitCheck::Gone;
+    };
+    let body_arrived = match (total_at_headers, now_total) {
+        (Some(before), Some(now)) => now > before,
+        _ => true,
+    };
+    if body_arrived {
+        BodyWaitCheck::Expire
+    } else {
+        BodyWaitCheck::RecheckAt(now_ms.saturating_add(BODY_WAIT_RECHECK_MS))
+    }
+}
+
+/// Whether the response about to be encoded is the reply this filter sent (`content_type` and
+/// `x_request_id`: the response's headers, as the host has them). Before any body callback it
+/// must be; after one, the host's own reply may have won over the filter's in the same callback
+/// (Envoy's buffer-limit 413, plain text): the filter's replies are JSON and carry the request's
+/// id.
+pub fn is_own_reply(
+    body_callback_came: bool,
+    request_id: &str,
+    content_type: Option<&[u8]>,
+    x_request_id: impl FnOnce() -> Option<Vec<u8>>,
+) -> bool {
+    if !body_callback_came {
+        return true;
+    }
+    if content_type != Some(b"application/json".as_slice()) {
+        return false;
+    }
+    if request_id.is_empty() {
+        return true;
+    }
+    x_request_id().as_deref() == Some(request_id.as_bytes())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -329,5 +400,47 @@ mod tests {
                 restore_held_body: false
             }
         ));
+    }
+    #[test]
+    fn a_request_without_body_callbacks_waits_then_fails_closed_once_its_body_came() {
+        assert_eq!(
+            check_body_wait(100, 200, Some(50), || panic!(
+                "not read before the deadline"
+            )),
+            BodyWaitCheck::Keep
+        );
+        assert_eq!(
+            check_body_wait(200, 200, Some(50), || Err(())),
+            BodyWaitCheck::Gone
+        );
+        assert_eq!(
+            check_body_wait(200, 200, Some(50), || Ok(Some(51))),
+            BodyWaitCheck::Expire
+        );
+        assert_eq!(
+            check_body_wait(200, 200, Some(50), || Ok(Some(50))),
+            BodyWaitCheck::RecheckAt(200 + BODY_WAIT_RECHECK_MS)
+        );
+        assert_eq!(
+            check_body_wait(200, 200, None, || Ok(Some(50))),
+            BodyWaitCheck::Expire
+        );
+        assert_eq!(
+            check_body_wait(200, 200, Some(50), || Ok(None)),
+            BodyWaitCheck::Expire
+        );
+    }
+
+    #[test]
+    fn the_hosts_own_reply_is_told_from_the_filters() {
+        let json = Some(b"application/json".as_slice());
+        assert!(is_own_reply(false, "r", None, || None));
+        assert!(!is_own_reply(true, "r", Some(b"text/plain"), || Some(
+            b"r".to_vec()
+        )));
+        assert!(is_own_reply(true, "r", json, || Some(b"r".to_vec())));
+        assert!(!is_own_reply(true, "r", json, || Some(b"other".to_vec())));
+        assert!(!is_own_reply(true, "r", json, || None));
+        assert!(is_own_reply(true, "", json, || panic!("no id to compare")));
     }
 }
