@@ -26,11 +26,12 @@
 //!   503, and the missing setting is logged once per VM. A client that has sent no body byte
 //!   yet keeps waiting (with the setting, the callbacks would not have come either).
 
+use crate::host;
 use crate::tick::TickUser;
-use crate::{log, now_ms, HeldBody, HttpState, Shared};
+use crate::{now_ms, HeldBody, HttpState, Shared};
+use api_guard_core::pipeline::flow::{self, BodyWaitCheck, BODY_WAIT_TIMEOUT_MS};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -40,15 +41,9 @@ use std::rc::{Rc, Weak};
 /// would abort it, and with it every request of the worker.
 pub(super) const MAX_HELD_BODY_BYTES_PER_WORKER: usize = 256 * 1024 * 1024;
 
-/// How long a request that paused on its headers for a body may go without a body callback
-/// once its body has started to reach Envoy (see the module notes).
-pub(super) const BODY_WAIT_TIMEOUT_MS: u64 = 3_000;
 /// The timer's period while requests wait for their first body callback: the resolution of
 /// [`BODY_WAIT_TIMEOUT_MS`].
 const BODY_WAIT_TICK_MS: u64 = 250;
-/// Past its deadline, a request whose client has sent no body byte yet is looked at again this
-/// much later (each look costs two hostcalls).
-const BODY_WAIT_RECHECK_MS: u64 = 1_000;
 /// Requests one worker watches at most; beyond, a request pauses unwatched (as it did before
 /// the table existed), so that clients which send headers and no body cannot fill the table and
 /// make other requests fail.
@@ -189,7 +184,7 @@ impl BodyWaits {
 /// `request.total_size` of the current (or effective) context: the bytes of the headers and of
 /// the body received so far, whatever the filters did with them.
 fn request_total_size() -> Option<u64> {
-    let bytes = hostcalls::get_property(vec!["request", "total_size"])
+    let bytes = host::get_property(&["request", "total_size"])
         .ok()
         .flatten()?;
     let bytes: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
@@ -213,23 +208,27 @@ pub(super) fn on_tick(shared: &Shared, root_context_id: u32, now: u64) {
             if waiter.request.strong_count() == 0 {
                 return false; // the request ended
             }
-            if now < waiter.deadline_ms {
-                return true;
-            }
-            if hostcalls::set_effective_context(context_id).is_err() {
-                return false; // no such stream any more
-            }
-            let body_arrived = match (waiter.total_size_at_headers, request_total_size()) {
-                (Some(before), Some(now)) => now > before,
-                // Unknown: fail closed rather than let the request hang.
-                _ => true,
-            };
-            if body_arrived {
-                expired.push((context_id, waiter.request.clone()));
-                false
-            } else {
-                waiter.deadline_ms = now.saturating_add(BODY_WAIT_RECHECK_MS);
-                true
+            // Each look past the deadline costs two hostcalls.
+            let check = flow::check_body_wait(
+                now,
+                waiter.deadline_ms,
+                waiter.total_size_at_headers,
+                || {
+                    host::set_effective_context(context_id).map_err(|_| ())?;
+                    Ok(request_total_size())
+                },
+            );
+            match check {
+                BodyWaitCheck::Keep => true,
+                BodyWaitCheck::Gone => false,
+                BodyWaitCheck::Expire => {
+                    expired.push((context_id, waiter.request.clone()));
+                    false
+                }
+                BodyWaitCheck::RecheckAt(deadline) => {
+                    waiter.deadline_ms = deadline;
+                    true
+                }
             }
         });
         if waiting.is_empty() {
@@ -241,14 +240,14 @@ pub(super) fn on_tick(shared: &Shared, root_context_id: u32, now: u64) {
         let Some(request) = request.upgrade() else {
             continue;
         };
-        if hostcalls::set_effective_context(context_id).is_err() {
+        if host::set_effective_context(context_id).is_err() {
             continue;
         }
         if let Ok(mut state) = request.try_borrow_mut() {
             state.body_callbacks_never_came();
         };
     }
-    let _ = hostcalls::set_effective_context(root_context_id);
+    let _ = host::set_effective_context(root_context_id);
 }
 
 impl HttpState {
@@ -302,7 +301,7 @@ impl HttpState {
         }
         if let Some(shared) = &self.shared {
             if !shared.body_waits.logged_missing_setting.replace(true) {
-                log(LogLevel::Error, MISSING_STOP_ITERATION_SETTING);
+                log::error!("{MISSING_STOP_ITERATION_SETTING}");
             }
         }
         self.held = None;
@@ -324,17 +323,17 @@ impl HttpState {
         if end_of_stream {
             return self.finish_held_body(body_size);
         }
-        let chunk = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+        let chunk = match host::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
             Ok(chunk) => chunk.unwrap_or_default(),
             Err(status) => {
-                return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+                return self.fail_closed(&format!("cannot read the request body: {status}"))
             }
         };
         if let Err(error) = self.keep(&chunk, true) {
             return error;
         }
-        if let Err(status) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, b"") {
-            return self.fail_closed(&format!("cannot drain the request body: {status:?}"));
+        if let Err(status) = host::set_buffer(BufferType::HttpRequestBody, 0, body_size, b"") {
+            return self.fail_closed(&format!("cannot drain the request body: {status}"));
         }
         // Envoy's buffer is empty again; the headers wait with the body.
         Action::Pause
@@ -343,10 +342,10 @@ impl HttpState {
     /// The body is complete: `in_envoy` bytes of it (at most; the host clamps) are still in
     /// Envoy's buffer after the drained ones. Checks the whole.
     pub(super) fn finish_held_body(&mut self, in_envoy: usize) -> Action {
-        let tail = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, in_envoy) {
+        let tail = match host::get_buffer(BufferType::HttpRequestBody, 0, in_envoy) {
             Ok(tail) => tail.unwrap_or_default(),
             Err(status) => {
-                return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+                return self.fail_closed(&format!("cannot read the request body: {status}"))
             }
         };
         let nothing_drained = self.held.as_ref().is_some_and(|h| h.taken.len() == 0);
@@ -381,31 +380,30 @@ impl HttpState {
         if drained.is_empty() {
             return Ok(());
         }
-        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, 0, drained)
-            .map_err(|status| format!("cannot restore the request body: {status:?}"))
+        host::set_buffer(BufferType::HttpRequestBody, 0, 0, drained)
+            .map_err(|status| format!("cannot restore the request body: {status}"))
     }
 
     /// Whether the response about to be encoded is the reply this filter sent. After a body
     /// callback it may not be: Envoy's own reply (its buffer-limit 413) can win over the
     /// filter's in the same callback.
     pub(super) fn is_own_reply(&self) -> bool {
-        if !self.body_seen {
-            return true;
-        }
-        let content_type =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
+        let content_type = if self.body_seen {
+            host::get_header(MapType::HttpResponseHeaders, "content-type")
                 .ok()
-                .flatten();
-        if content_type.as_deref() != Some(b"application/json".as_slice()) {
-            return false;
-        }
-        if self.response.request_id.is_empty() {
-            return true;
-        }
-        let request_id =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "x-request-id")
-                .ok()
-                .flatten();
-        request_id.as_deref() == Some(self.response.request_id.as_bytes())
+                .flatten()
+        } else {
+            None
+        };
+        flow::is_own_reply(
+            self.body_seen,
+            &self.response.request_id,
+            content_type.as_deref(),
+            || {
+                host::get_header(MapType::HttpResponseHeaders, "x-request-id")
+                    .ok()
+                    .flatten()
+            },
+        )
     }
 }

@@ -1,6 +1,8 @@
-//! Remote JWKS in the adapter: the root context's timer drives the protocol of
-//! `jwt::remote` (reload the published set, request refetches, claim the lease and fetch), the
-//! root receives the fetch's answer, and the root finishes the requests that waited for keys.
+//! Remote JWKS in the adapter: the core's `jwks_refresh::JwksRefresh` decides (reload the
+//! published set, request refetches, claim the lease and fetch, which waiting requests to decide
+//! again, the timer's period); this module executes its commands: the root's timer ticks it, the
+//! root sends the fetches and receives their answers, and the root finishes the requests that
+//! waited for keys.
 //!
 //! Host facts this relies on (proxy-wasm on Envoy 1.40):
 //! - `dispatch_http_call` goes through the root context whatever the caller, and Envoy refuses a
@@ -16,39 +18,27 @@
 //!   A request that ended meanwhile has no context any more: the call fails and the root skips
 //!   it (its state is gone too: the root only holds a `Weak`).
 
+use crate::host;
 use crate::tick::{TickUser, Ticker};
-use crate::{decide_with_env, log, now_ms, HostSharedData, HttpState, Shared};
-use api_guard_core::authn::jwt::remote::{
-    self, Claim, FetchReport, FetchState, HttpReply, RemoteKeys, WaitTicket, MAX_JWKS_BYTES,
-};
+use crate::{decide_with_env, now_ms, HostSharedData, HttpState, Shared};
+use api_guard_core::authn::jwks_refresh::{self, Command, JwksRefresh};
+use api_guard_core::authn::jwt::remote::{HttpReply, RemoteKeys, WaitTicket};
 use api_guard_core::pipeline::policy::Policy;
 use api_guard_core::request::head::RequestHead;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::{Ref, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-/// While requests wait or a fetch is in flight: how soon a waiting request sees new keys.
-const FAST_TICK_MS: u64 = 100;
-/// Otherwise: how soon a worker picks up a set another worker published, and the resolution
-/// of the refresh schedule.
-const IDLE_TICK_MS: u64 = 1_000;
-/// Requests one worker holds for keys at most; beyond, requests are decided at once.
-const MAX_WAITING_REQUESTS: usize = 10_000;
-
 /// A request waiting for keys, as the root sees it.
-#[derive(Clone)]
-struct Waiter {
+pub(super) struct RequestHandle {
     context_id: u32,
     request: Weak<RefCell<HttpState>>,
-    ticket: WaitTicket,
 }
 
-struct InFlightFetch {
-    token: u32,
-    provider: usize,
-    started_at_ms: u64,
+fn alive(handle: &RequestHandle) -> bool {
+    handle.request.strong_count() > 0
 }
 
 /// What a request keeps while it waits for keys, to be decided again.
@@ -65,33 +55,16 @@ pub(super) struct HeldForKeys {
     ended: bool,
 }
 
-/// One VM's part of remote JWKS.
+/// One VM's part of remote JWKS: the core's driver (`jwks_refresh`), which decides, and the
+/// root's timer, which it sets.
 pub(super) struct RemoteJwksDriver {
-    /// Indexes of the providers with a remote source.
-    providers: Vec<usize>,
-    keys: RefCell<RemoteKeys>,
-    waiting: RefCell<Vec<Waiter>>,
-    fetches: RefCell<Vec<InFlightFetch>>,
-    /// This VM's name in the fetch lease.
-    lease_owner: u64,
+    driver: RefCell<JwksRefresh<RequestHandle>>,
     /// The root's timer, shared with the body-wait table.
     ticker: Rc<Ticker>,
 }
 
 impl RemoteJwksDriver {
     pub(super) fn new(policy: &Policy, ticker: Rc<Ticker>) -> RemoteJwksDriver {
-        let providers = policy
-            .jwt
-            .as_ref()
-            .map(|jwt| {
-                jwt.providers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.remote.is_some())
-                    .map(|(i, _)| i)
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut random = [0u8; 8];
         let lease_owner = match getrandom::getrandom(&mut random) {
             Ok(()) => u64::from_le_bytes(random),
@@ -100,212 +73,110 @@ impl RemoteJwksDriver {
             Err(_) => now_ms().unwrap_or(0) ^ 0x9e37_79b9_7f4a_7c15,
         };
         RemoteJwksDriver {
-            providers,
-            keys: RefCell::new(RemoteKeys::default()),
-            waiting: RefCell::new(Vec::new()),
-            fetches: RefCell::new(Vec::new()),
-            lease_owner,
+            driver: RefCell::new(JwksRefresh::new(policy, lease_owner)),
             ticker,
         }
     }
 
     /// Starts the timer (when a provider is remote). Nothing is fetched before the first tick.
     pub(super) fn start(&self) {
-        if !self.providers.is_empty() {
-            self.set_tick(FAST_TICK_MS);
+        if let Some(period) = self
+            .driver
+            .try_borrow()
+            .ok()
+            .and_then(|d| d.start_period_ms())
+        {
+            self.ticker.want(TickUser::Jwks, period);
         }
     }
 
     /// The key sets, for a decision. `None` only if they are being replaced right now, which
     /// cannot happen on one thread.
     pub(super) fn keys(&self) -> Option<Ref<'_, RemoteKeys>> {
-        self.keys.try_borrow().ok()
-    }
-
-    fn set_tick(&self, period_ms: u64) {
-        self.ticker.want(TickUser::Jwks, period_ms);
+        let driver = self.driver.try_borrow().ok()?;
+        Some(Ref::map(driver, JwksRefresh::keys))
     }
 
     fn adjust_tick(&self) {
-        let busy = self.waiting.try_borrow().map_or(true, |w| !w.is_empty())
-            || self.fetches.try_borrow().map_or(true, |f| !f.is_empty())
-            || self.keys.try_borrow().map_or(true, |keys| {
-                self.providers.iter().any(|p| !keys.has_set(*p))
-            });
-        self.set_tick(if busy { FAST_TICK_MS } else { IDLE_TICK_MS });
+        let period = self
+            .driver
+            .try_borrow()
+            .map_or(jwks_refresh::FAST_TICK_MS, |d| d.tick_period_ms());
+        self.ticker.want(TickUser::Jwks, period);
     }
 
     /// Registers a waiting request; false when this worker already holds too many.
-    fn register(&self, waiter: Waiter) -> bool {
-        let Ok(mut waiting) = self.waiting.try_borrow_mut() else {
-            return false;
-        };
-        if waiting.len() >= MAX_WAITING_REQUESTS {
-            return false;
+    fn register(&self, handle: RequestHandle, ticket: WaitTicket) -> bool {
+        let registered = self
+            .driver
+            .try_borrow_mut()
+            .is_ok_and(|mut d| d.register(handle, ticket).is_ok());
+        if registered {
+            self.adjust_tick();
         }
-        waiting.push(waiter);
-        drop(waiting);
-        self.set_tick(FAST_TICK_MS);
-        true
-    }
-
-    fn fetch_in_flight(&self, provider: usize) -> bool {
-        self.fetches
-            .try_borrow()
-            .map_or(true, |f| f.iter().any(|fetch| fetch.provider == provider))
-    }
-
-    fn waits_for_refetch(&self, provider: usize) -> bool {
-        self.waiting.try_borrow().is_ok_and(|waiting| {
-            waiting
-                .iter()
-                .any(|w| w.ticket.provider == provider && w.ticket.had_set)
-        })
+        registered
     }
 }
 
-/// The state record of every remote provider (`None` when unreadable or never written).
-fn read_states(shared: &Shared) -> Vec<(usize, Option<FetchState>)> {
-    let Some(jwt) = &shared.policy.jwt else {
-        return Vec::new();
-    };
-    shared
-        .remote_jwks
-        .providers
-        .iter()
-        .filter_map(|&index| {
-            let source = jwt.providers.get(index)?.remote.as_ref()?;
-            let state = remote::read_state(&HostSharedData, source)
-                .ok()
-                .and_then(|read| read.state);
-            Some((index, state))
-        })
-        .collect()
-}
-
-/// Loads a provider's published set when it is newer than the one this VM holds.
-fn reload(shared: &Shared, index: usize, published_version: Option<u64>) {
-    let driver = &shared.remote_jwks;
-    let Some(provider) = shared
-        .policy
-        .jwt
-        .as_ref()
-        .and_then(|j| j.providers.get(index))
-    else {
-        return;
-    };
-    let Some(source) = &provider.remote else {
-        return;
-    };
-    let Ok(mut keys) = driver.keys.try_borrow_mut() else {
-        return;
-    };
-    let stale = !keys.has_set(index)
-        || published_version.is_some_and(|published| published > keys.version(index));
-    if stale {
-        if let Ok(Some(version)) = remote::reload(
-            &HostSharedData,
-            source,
-            &provider.algorithms,
-            &mut keys,
-            index,
-        ) {
-            log(
-                LogLevel::Debug,
-                &format!(
-                    "api-guard: provider {}: key set version {version} loaded",
-                    provider.name
-                ),
-            );
-        }
-    }
-}
-
-/// The root's timer: per remote provider, reload a newer published set, ask for the refetch
-/// that waiting requests need, claim the fetch when it is due; then decide the waiting requests
-/// whose keys have settled.
+/// The root's timer: the driver says what to fetch and which waiting requests to decide again;
+/// this executes it.
 pub(super) fn on_tick(shared: &Shared, root_context_id: u32) {
-    let driver = &shared.remote_jwks;
-    if driver.providers.is_empty() {
-        return;
-    }
     let Ok(now) = now_ms() else {
         return;
     };
-    let Some(jwt) = &shared.policy.jwt else {
-        return;
-    };
-    let states = read_states(shared);
-    for (index, state) in &states {
-        let index = *index;
-        reload(shared, index, state.as_ref().map(|s| s.published_version));
-        let Some(source) = jwt.providers.get(index).and_then(|p| p.remote.as_ref()) else {
-            continue;
+    let commands = {
+        let Ok(mut driver) = shared.remote_jwks.driver.try_borrow_mut() else {
+            return;
         };
-        if driver.waits_for_refetch(index) {
-            // At most one per min_refetch_seconds across all workers; otherwise the requests
-            // wait for the fetch in flight, or are decided at their deadline.
-            let _ = remote::request_refetch(&HostSharedData, source, now);
-        }
-        if !driver.fetch_in_flight(index)
-            && remote::try_claim(&HostSharedData, source, driver.lease_owner, now)
-                == Ok(Claim::Claimed)
-        {
-            dispatch_fetch(shared, index, now);
+        driver.tick(&shared.policy, &HostSharedData, now, alive)
+    };
+    let mut ready = Vec::new();
+    for command in commands {
+        match command {
+            Command::Fetch { provider } => dispatch_fetch(shared, provider, now),
+            Command::Resume(handle) => ready.push(handle),
         }
     }
-    settle_waiters(shared, root_context_id, now, &states);
-    driver.adjust_tick();
+    resume(ready, root_context_id);
+    shared.remote_jwks.adjust_tick();
 }
 
 fn dispatch_fetch(shared: &Shared, index: usize, now: u64) {
-    let driver = &shared.remote_jwks;
-    let Some(provider) = shared
+    let Some(source) = shared
         .policy
         .jwt
         .as_ref()
         .and_then(|j| j.providers.get(index))
+        .and_then(|p| p.remote.as_ref())
     else {
         return;
     };
-    let Some(source) = &provider.remote else {
-        return;
-    };
-    match hostcalls::dispatch_http_call(
+    // The SDK's call, not a `host` wrapper: its dispatcher must record the token (see `host`).
+    let sent = hostcalls::dispatch_http_call(
         &source.cluster,
         source.request_headers(),
         None,
         Vec::new(),
         Duration::from_millis(source.timeout_ms),
-    ) {
-        Ok(token) => {
-            if let Ok(mut fetches) = driver.fetches.try_borrow_mut() {
-                fetches.push(InFlightFetch {
-                    token,
-                    provider: index,
-                    started_at_ms: now,
-                });
-            }
-        }
-        Err(status) => {
-            let report = remote::fail_unsent_fetch(
-                &HostSharedData,
-                source,
-                driver.lease_owner,
-                now,
-                format!(
-                    "dispatch_http_call refused ({status:?}): is cluster {:?} defined?",
-                    source.cluster
-                ),
-            );
-            log_report(shared, index, &report);
-        }
+    );
+    let Ok(mut driver) = shared.remote_jwks.driver.try_borrow_mut() else {
+        return;
+    };
+    match sent {
+        Ok(token) => driver.fetch_sent(index, token, now),
+        Err(status) => driver.fetch_not_sent(
+            &shared.policy,
+            &HostSharedData,
+            index,
+            now,
+            &format!("{status:?}"),
+        ),
     }
 }
 
-/// The answer to a fetch (the host calls the root that dispatched it): publish or record the
-/// failure, then bring this VM's keys up to date and decide its waiting requests at once (the
-/// other workers do on their next tick).
+/// The answer to a fetch (the host calls the root that dispatched it): the driver publishes or
+/// records the failure and says which waiting requests to decide at once (the other workers do
+/// on their next tick).
 pub(super) fn on_fetch_response(
     shared: &Shared,
     root_context_id: u32,
@@ -313,41 +184,29 @@ pub(super) fn on_fetch_response(
     num_headers: usize,
     body_size: usize,
 ) {
-    let driver = &shared.remote_jwks;
-    let fetch = {
-        let Ok(mut fetches) = driver.fetches.try_borrow_mut() else {
-            return;
-        };
-        let Some(position) = fetches.iter().position(|f| f.token == token) else {
-            return;
-        };
-        fetches.swap_remove(position)
-    };
-    let Some(provider) = shared
-        .policy
-        .jwt
-        .as_ref()
-        .and_then(|j| j.providers.get(fetch.provider))
+    let Some(fetch) = shared
+        .remote_jwks
+        .driver
+        .try_borrow_mut()
+        .ok()
+        .and_then(|mut d| d.take_fetch(token))
     else {
         return;
     };
-    let Some(source) = &provider.remote else {
-        return;
-    };
-    let now = now_ms().unwrap_or(fetch.started_at_ms);
+    let now = now_ms().ok();
     // Zero headers: the host's call failed (reset) and there is nothing to read.
     let status = if num_headers == 0 {
         None
     } else {
-        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        host::get_header(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
     };
     // A body over the limit is never copied into the VM.
     let body = match status {
-        Some(_) if body_size <= MAX_JWKS_BYTES => {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        Some(_) if jwks_refresh::reads_body(body_size) => {
+            host::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .flatten()
                 .unwrap_or_default()
@@ -362,82 +221,18 @@ pub(super) fn on_fetch_response(
         },
         None => HttpReply::Failed,
     };
-    let report = remote::complete_fetch(
-        &HostSharedData,
-        source,
-        &provider.algorithms,
-        driver.lease_owner,
-        now,
-        reply,
-        now.saturating_sub(fetch.started_at_ms),
-    );
-    log_report(shared, fetch.provider, &report);
-    let states = read_states(shared);
-    for (index, state) in &states {
-        reload(shared, *index, state.as_ref().map(|s| s.published_version));
-    }
-    settle_waiters(shared, root_context_id, now, &states);
-    driver.adjust_tick();
+    let ready = match shared.remote_jwks.driver.try_borrow_mut() {
+        Ok(mut driver) => {
+            driver.fetch_answered(&shared.policy, &HostSharedData, fetch, now, reply, alive)
+        }
+        Err(_) => return,
+    };
+    resume(ready, root_context_id);
+    shared.remote_jwks.adjust_tick();
 }
 
-fn log_report(shared: &Shared, index: usize, report: &FetchReport) {
-    let Some(provider) = shared
-        .policy
-        .jwt
-        .as_ref()
-        .and_then(|j| j.providers.get(index))
-    else {
-        return;
-    };
-    let serving = shared
-        .remote_jwks
-        .keys
-        .try_borrow()
-        .map_or(0, |keys| keys.version(index));
-    let Some(event) = report.event(&provider.name, serving) else {
-        return;
-    };
-    let level = match (event.is_failure(), event.event) {
-        (true, _) => LogLevel::Warn,
-        (false, "jwks_updated") => LogLevel::Info,
-        _ => LogLevel::Debug,
-    };
-    log(level, &event.to_json());
-}
-
-/// Decides again the waiting requests whose keys settled (new set, refetch done, deadline).
-fn settle_waiters(
-    shared: &Shared,
-    root_context_id: u32,
-    now: u64,
-    states: &[(usize, Option<FetchState>)],
-) {
-    let driver = &shared.remote_jwks;
-    let ready = {
-        let (Ok(keys), Ok(mut waiting)) =
-            (driver.keys.try_borrow(), driver.waiting.try_borrow_mut())
-        else {
-            return;
-        };
-        let mut ready = Vec::new();
-        waiting.retain(|waiter| {
-            if waiter.request.strong_count() == 0 {
-                return false; // the request ended while it waited
-            }
-            let state = states
-                .iter()
-                .find(|(index, _)| *index == waiter.ticket.provider)
-                .and_then(|(_, state)| state.as_ref());
-            let version = keys.version(waiter.ticket.provider);
-            if waiter.ticket.settled(version, state, now) {
-                ready.push(waiter.clone());
-                false
-            } else {
-                true
-            }
-        });
-        ready
-    };
+/// Decides again the waiting requests whose keys settled, each in its own context.
+fn resume(ready: Vec<RequestHandle>, root_context_id: u32) {
     if ready.is_empty() {
         return;
     }
@@ -445,19 +240,17 @@ fn settle_waiters(
         let Some(request) = waiter.request.upgrade() else {
             continue;
         };
-        if hostcalls::set_effective_context(waiter.context_id).is_err() {
+        if host::set_effective_context(waiter.context_id).is_err() {
             continue;
         }
         let Ok(mut request) = request.try_borrow_mut() else {
             continue;
         };
-        if request.decide_after_wait() == Action::Continue
-            && hostcalls::resume_http_request().is_err()
-        {
-            let _ = hostcalls::reset_http_request();
+        if request.decide_after_wait() == Action::Continue && host::resume_http_request().is_err() {
+            let _ = host::reset_http_request();
         }
     }
-    let _ = hostcalls::set_effective_context(root_context_id);
+    let _ = host::set_effective_context(root_context_id);
 }
 
 impl HttpState {
@@ -482,11 +275,13 @@ impl HttpState {
             complete_body: None,
             ended: end_of_stream,
         });
-        let registered = shared.remote_jwks.register(Waiter {
-            context_id: self.context_id,
-            request: self.self_ref.clone(),
+        let registered = shared.remote_jwks.register(
+            RequestHandle {
+                context_id: self.context_id,
+                request: self.self_ref.clone(),
+            },
             ticket,
-        });
+        );
         if registered {
             Action::Pause
         } else {
@@ -503,10 +298,10 @@ impl HttpState {
         end_of_stream: bool,
     ) -> Action {
         let copied = if end_of_stream {
-            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            match host::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
                 Ok(body) => Some(body.unwrap_or_default()),
                 Err(status) => {
-                    return self.fail_closed(&format!("cannot read the request body: {status:?}"))
+                    return self.fail_closed(&format!("cannot read the request body: {status}"))
                 }
             }
         } else {
@@ -535,7 +330,7 @@ impl HttpState {
             return Action::Continue;
         };
         let body_size = held.body_size;
-        let copied = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+        let copied = host::get_buffer(BufferType::HttpRequestBody, 0, body_size)
             .ok()
             .map(Option::unwrap_or_default);
         if let Some(held) = &mut self.held_for_keys {

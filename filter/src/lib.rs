@@ -1,15 +1,18 @@
 //! The adapter between Envoy (proxy-wasm ABI) and the core. It translates host data into core
 //! types and core verdicts into hostcalls; it makes no decisions.
 //!
-//! Only the `Result`-returning `proxy_wasm::hostcalls` are used: the SDK's convenience methods
-//! unwrap host errors, and under `panic = "abort"` a panic kills the worker's VM for every
-//! request it carries. A host error on the request path becomes a fail-closed 503 instead.
+//! Hostcalls go through `host` (raw ABI, the host's status as a `Result`): the SDK's
+//! convenience methods unwrap host errors, and even its `Result`-returning `hostcalls` panic on
+//! a status they do not expect; under `panic = "abort"` a panic kills the worker's VM for every
+//! request it carries. A host error on the request path becomes a fail-closed 503 (or a reset
+//! stream) instead.
 //!
 //! Built for `wasm32-wasip1` only (`target/wasm32-wasip1/release/api_guard.wasm`); on any other
 //! target the crate is empty, so that `cargo test --workspace` can build it.
 #![cfg(target_arch = "wasm32")]
 
 mod body_hold;
+mod host;
 mod host_headers;
 mod jwks;
 mod tick;
@@ -21,73 +24,41 @@ use api_guard_core::authn::jwt::verifier::{
 use api_guard_core::config;
 use api_guard_core::limits::body_limit::BodyCounter;
 use api_guard_core::limits::rate_limit::{shared_seed, Limiter};
+use api_guard_core::pipeline::flow::{
+    self, BodyOverLimit, ErrorBodyRewrite, ResponseBody, ResponseHeadersPlan,
+};
 use api_guard_core::pipeline::policy::{
-    fallback_response_edits, response_status, BodyCheck, Decision, Forward, Policy, RequestEnv,
-    ResponseContext, Verdict,
+    fallback_response_edits, BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext,
+    Verdict,
 };
 use api_guard_core::request::head::{client_ip, RequestHead};
+use api_guard_core::request::header_pairs::serialize;
 use api_guard_core::response::error_rewrite::{BodySample, ResponseOrigin};
 use api_guard_core::response::reply::{ErrorCode, LocalReply};
-use api_guard_core::support::events::{summary_json, Admission, EventBudget, SecurityEvent};
+use api_guard_core::support::events::{self, EventBudget, SecurityEvent};
+use api_guard_core::support::logging;
 use api_guard_core::support::shared_store::{CounterStore, StoreError};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
-use std::time::UNIX_EPOCH;
 
 /// Verified tokens kept per worker. Direct-mapped, so this is also the memory bound.
 const TOKEN_CACHE_SLOTS: usize = 4096;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Not `proxy_wasm::set_log_level`: the SDK's logger and panic hook unwrap the host's status.
+    host::install_logger();
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(ApiGuardRoot { context_id, shared: None })
     });
 }}
 
-fn log(level: LogLevel, message: &str) {
-    // Nothing sensible is left to do when the host refuses a log line.
-    let _ = hostcalls::log(level, message);
-}
-
 /// Writes a security event, within the worker's per-second budget of event lines.
 fn log_event(shared: &Shared, event: &SecurityEvent) {
-    let level = if event.code == "allowed" {
-        LogLevel::Info
-    } else {
-        LogLevel::Warn
-    };
-    let admission = match (shared.event_budget.try_borrow_mut(), now_ms()) {
-        (Ok(mut budget), Ok(now)) => budget.admit(now),
-        _ => Admission::Log,
-    };
-    match admission {
-        Admission::Suppress => {}
-        Admission::Log => log(level, &event.to_json()),
-        Admission::LogAfterSummary { suppressed } => {
-            log(LogLevel::Warn, &summary_json(suppressed));
-            log(level, &event.to_json());
-        }
-    }
-}
-
-/// Logs a message once for all the VMs of this plugin (Envoy runs one per worker, plus one on
-/// the main thread, and each runs `on_configure`), using insert-if-absent on shared data.
-fn log_once(level: LogLevel, message: &str) {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(message.as_bytes());
-    let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    if HostSharedData
-        .set(
-            &format!("api-guard.logged.{key}"),
-            b"1",
-            Some(api_guard_core::support::shared_store::INSERT_IF_ABSENT),
-        )
-        .is_ok()
-    {
-        log(level, message);
+    match (shared.event_budget.try_borrow_mut(), now_ms()) {
+        (Ok(mut budget), Ok(now)) => events::log_event(Some(&mut budget), now, event),
+        _ => events::log_event(None, 0, event),
     }
 }
 
@@ -95,10 +66,7 @@ struct EnvoyForeignFunctions;
 
 impl ForeignFunctions for EnvoyForeignFunctions {
     fn call(&self, function: &str, arguments: &[u8]) -> Result<Vec<u8>, HostCallFailed> {
-        match hostcalls::call_foreign_function(function, Some(arguments)) {
-            Ok(reply) => Ok(reply.unwrap_or_default()),
-            Err(_) => Err(HostCallFailed),
-        }
+        host::call_foreign_function(function, arguments).map_err(|_| HostCallFailed)
     }
 }
 
@@ -107,19 +75,13 @@ struct HostSharedData;
 
 impl CounterStore for HostSharedData {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Ok(Some((value, cas.unwrap_or(0)))),
-            // An empty value comes back without data but with its CAS token.
-            Ok((None, Some(cas))) => Ok(Some((Vec::new(), cas))),
-            Ok((None, None)) => Ok(None),
-            Err(_) => Err(StoreError::Unavailable),
-        }
+        host::get_shared_data(key).map_err(|_| StoreError::Unavailable)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match host::set_shared_data(key, value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(error) if error.is_cas_mismatch() => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Unavailable),
         }
     }
@@ -129,7 +91,7 @@ impl CounterStore for HostSharedData {
 /// version of a TLS connection and absent (or empty) on a plain-text one. A host error is
 /// `None`: the core then treats the request as plain text (fail closed).
 fn connection_is_tls() -> Option<bool> {
-    match hostcalls::get_property(vec!["connection", "tls_version"]) {
+    match host::get_property(&["connection", "tls_version"]) {
         Ok(Some(version)) => Some(!version.is_empty()),
         Ok(None) => Some(false),
         Err(_) => None,
@@ -138,18 +100,12 @@ fn connection_is_tls() -> Option<bool> {
 
 /// The downstream address (`ip:port`) Envoy computed for this stream.
 fn source_address() -> Option<String> {
-    let bytes = hostcalls::get_property(vec!["source", "address"])
-        .ok()
-        .flatten()?;
+    let bytes = host::get_property(&["source", "address"]).ok().flatten()?;
     String::from_utf8(bytes).ok()
 }
 
-fn now_ms() -> Result<u64, Status> {
-    let time = hostcalls::get_current_time()?;
-    Ok(time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0))
+fn now_ms() -> Result<u64, host::HostError> {
+    host::now_ms()
 }
 
 /// Lends a decision the host's request environment: the clock, the verifier, this worker's
@@ -159,7 +115,7 @@ fn decide_with_env(
     may_wait_for_keys: bool,
     decide: impl FnOnce(&mut RequestEnv<'_>) -> Decision,
 ) -> Result<Decision, String> {
-    let now_ms = now_ms().map_err(|status| format!("cannot read the clock: {status:?}"))?;
+    let now_ms = now_ms().map_err(|status| format!("cannot read the clock: {status}"))?;
     let mut token_cache = shared
         .token_cache
         .try_borrow_mut()
@@ -219,33 +175,23 @@ impl Context for ApiGuardRoot {
 
 impl RootContext for ApiGuardRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        host::refresh_log_level();
         self.shared = None;
-        let bytes = match hostcalls::get_buffer(
+        let bytes = match host::get_buffer(
             BufferType::PluginConfiguration,
             0,
             plugin_configuration_size,
         ) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("api-guard: cannot read the plugin configuration: {status:?}"),
-                );
+                log::error!("api-guard: cannot read the plugin configuration: {status}");
                 return true;
             }
         };
         let policy = match config::load(&bytes) {
             Ok(policy) => policy,
             Err(errors) => {
-                let mut message = format!(
-                    "api-guard: invalid configuration, refusing to start; every request is answered 503 until it is fixed ({} error(s)):",
-                    errors.len()
-                );
-                for error in &errors {
-                    message.push_str("\n  ");
-                    message.push_str(&error.to_string());
-                }
-                log_once(LogLevel::Error, &message);
+                logging::log_refusal(&HostSharedData, &errors);
                 // Returning false would make Envoy refuse a static bootstrap and exit, while under
                 // dynamic configuration (ECDS, an Istio WasmPlugin) it behaves otherwise. Staying
                 // loaded without a policy fails closed the same way everywhere: every request is
@@ -253,14 +199,7 @@ impl RootContext for ApiGuardRoot {
                 return true;
             }
         };
-        if let Some(cors) = &policy.cors {
-            for warning in cors.warnings() {
-                log_once(
-                    LogLevel::Warn,
-                    &format!("api-guard: configuration warning: {warning}"),
-                );
-            }
-        }
+        logging::log_warnings(&HostSharedData, &policy);
         let verifier: Box<dyn SignatureVerifier> =
             if HostVerifier::self_test(&EnvoyForeignFunctions) {
                 Box::new(HostVerifier {
@@ -277,22 +216,16 @@ impl RootContext for ApiGuardRoot {
             match seeded.and_then(|()| shared_seed(&HostSharedData, fresh)) {
                 Ok(seed) => Some(Limiter::new(seed)),
                 Err(error) => {
-                    log_once(
-                        LogLevel::Error,
+                    logging::log_once(
+                        &HostSharedData,
+                        log::Level::Error,
                         &format!("api-guard: no shared rate-limit seed ({error:?}); rate-limited routes answer 503"),
                     );
                     None
                 }
             }
         };
-        log_once(
-            LogLevel::Info,
-            &format!(
-                "api-guard: configured {} route(s); signature verification: {}",
-                policy.routes.len(),
-                verifier.name()
-            ),
-        );
+        logging::log_configured(&HostSharedData, &policy, verifier.name());
         let ticker = Rc::new(tick::Ticker::default());
         let remote_jwks = jwks::RemoteJwksDriver::new(&policy, Rc::clone(&ticker));
         // Remote key sets are fetched from the timer only, never here: the first tick comes
@@ -315,6 +248,7 @@ impl RootContext for ApiGuardRoot {
     }
 
     fn on_tick(&mut self) {
+        host::refresh_log_level();
         let (Some(shared), Ok(now)) = (&self.shared, now_ms()) else {
             return;
         };
@@ -350,13 +284,6 @@ struct HeldBody {
     taken: body_hold::BodyStore,
 }
 
-/// An upstream or Envoy error body being replaced by the envelope as it streams.
-struct BodyRewrite {
-    envelope: String,
-    sample: BodySample,
-    status: u16,
-}
-
 /// The SDK owns the http context; its state lives behind `Rc<RefCell<..>>` so that the root
 /// context can finish a request that waited for keys (the host lets the root act for a request
 /// with `set_effective_context`).
@@ -372,7 +299,7 @@ impl ApiGuardHttp {
             Ok(mut state) => handle(&mut state),
             // Unreachable (one thread, no re-entry), and never a pass-through if it were not.
             Err(_) => {
-                let _ = hostcalls::reset_http_request();
+                let _ = host::reset_http_request();
                 Action::Pause
             }
         }
@@ -409,7 +336,7 @@ struct HttpState {
     held: Option<HeldBody>,
     body_counter: Option<BodyCounter>,
     sent_local_reply: bool,
-    rewrite: Option<BodyRewrite>,
+    rewrite: Option<ErrorBodyRewrite>,
     context_id: u32,
     /// This state's own handle, registered with the root while the request waits for keys.
     self_ref: Weak<RefCell<HttpState>>,
@@ -446,15 +373,10 @@ impl HttpState {
                 fallback.edits()
             }
         };
-        // Every name and value here is the filter's own text.
-        let headers: Vec<(&str, &str)> = edits
-            .merge(&reply)
-            .into_iter()
-            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
-            .collect();
-        if hostcalls::send_http_response(u32::from(status), headers, Some(body)).is_err() {
+        let headers = serialize(&edits.merge(&reply));
+        if host::send_http_response(status, &headers, body).is_err() {
             // Cannot answer: reset the stream rather than let the request through.
-            let _ = hostcalls::reset_http_request();
+            let _ = host::reset_http_request();
         }
         Action::Pause
     }
@@ -464,23 +386,20 @@ impl HttpState {
     }
 
     fn fail_closed(&mut self, why: &str) -> Action {
-        log(
-            LogLevel::Error,
-            &format!("api-guard: failing closed: {why}"),
-        );
+        log::error!("api-guard: failing closed: {why}");
         let reply = LocalReply::new(ErrorCode::ServiceUnavailable, &self.response.request_id);
         self.send_reply(&reply)
     }
 
-    fn apply_forward(forward: &Forward) -> Result<(), Status> {
+    fn apply_forward(forward: &Forward) -> Result<(), host::HostError> {
         for name in &forward.remove_headers {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)?;
+            host::remove_header(MapType::HttpRequestHeaders, name)?;
         }
         for (name, value) in &forward.set_headers {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))?;
+            host::set_header(MapType::HttpRequestHeaders, name, value)?;
         }
         if let Some(path) = &forward.set_path {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path))?;
+            host::set_header(MapType::HttpRequestHeaders, ":path", path)?;
         }
         Ok(())
     }
@@ -501,15 +420,14 @@ impl HttpState {
                 if let Some(held) = self.held.take() {
                     if let Err(status) = Self::apply_forward(&held.forward) {
                         return self
-                            .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                            .fail_closed(&format!("cannot rewrite request headers: {status}"));
                     }
                     if let Err(why) = Self::restore_held_body(&held) {
                         return self.fail_closed(&why);
                     }
                 }
                 if let Err(status) = Self::apply_forward(&forward) {
-                    return self
-                        .fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+                    return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
                 }
                 self.body_counter = self.response.stream_body_limit.map(BodyCounter::new);
                 Action::Continue
@@ -626,20 +544,27 @@ impl HttpState {
             return self.fail_closed("no policy");
         };
         self.fill_event_client();
-        let (event, reply) = shared.policy.body_too_large(&self.response);
+        let (event, outcome) =
+            flow::body_over_limit(&shared.policy, &self.response, held.is_some());
         log_event(&shared, &event);
-        if let Some(reply) = reply {
-            return self.send_reply(&reply);
-        }
-        if let Some(held) = held {
-            if let Err(status) = Self::apply_forward(&held.forward) {
-                return self.fail_closed(&format!("cannot rewrite request headers: {status:?}"));
+        match (outcome, held) {
+            (BodyOverLimit::Reply(reply), _) => self.send_reply(&reply),
+            (
+                BodyOverLimit::Proceed {
+                    restore_held_body: true,
+                },
+                Some(held),
+            ) => {
+                if let Err(status) = Self::apply_forward(&held.forward) {
+                    return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
+                }
+                if let Err(why) = Self::restore_held_body(&held) {
+                    return self.fail_closed(&why);
+                }
+                Action::Continue
             }
-            if let Err(why) = Self::restore_held_body(&held) {
-                return self.fail_closed(&why);
-            }
+            (BodyOverLimit::Proceed { .. }, _) => Action::Continue,
         }
-        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -656,7 +581,7 @@ impl HttpState {
         // a response gets a dozen headers set or removed.
         let Ok(map) = host_headers::read(MapType::HttpResponseHeaders) else {
             // The security headers cannot be added: do not send the response without them.
-            let _ = hostcalls::reset_http_response();
+            let _ = host::reset_http_response();
             return Action::Pause;
         };
         let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
@@ -664,41 +589,24 @@ impl HttpState {
             let fallback = fallback_response_edits(&self.response.request_id);
             return Self::write_response_headers(&fallback.edits().merge(&headers));
         };
-        let status = response_status(&headers);
-        let origin = if status >= 400 {
-            let details = hostcalls::get_property(vec!["response", "code_details"])
-                .ok()
-                .flatten();
-            ResponseOrigin::classify(
-                false,
-                details.as_deref().and_then(|d| std::str::from_utf8(d).ok()),
-            )
-        } else {
-            ResponseOrigin::Upstream
-        };
-        let edits = shared.policy.plan_response(&self.response, status, origin);
-        let mut merged = edits.merge(&headers);
-        let envelope_length;
-        if let (Some(envelope), false) = (&edits.replace_body, end_of_stream) {
-            // The body that follows is exactly the envelope: say so, so that a rewritten error
-            // looks like the filter's own replies (same framing), not like a chunked upstream one.
-            envelope_length = envelope.len().to_string();
-            merged.push((b"content-length", envelope_length.as_bytes()));
-        }
-        if Self::write_response_headers(&merged) == Action::Pause {
+        let plan = ResponseHeadersPlan::new(
+            &shared.policy,
+            &self.response,
+            &headers,
+            end_of_stream,
+            || {
+                host::get_property(&["response", "code_details"])
+                    .ok()
+                    .flatten()
+            },
+        );
+        if Self::write_response_headers(&plan.headers(&headers)) == Action::Pause {
             return Action::Pause;
         }
-        if let Some(envelope) = edits.replace_body {
-            if end_of_stream {
-                // No body to replace; the headers already say what the error is.
-                self.log_upstream_error(status, &BodySample::new(0));
-            } else {
-                self.rewrite = Some(BodyRewrite {
-                    envelope,
-                    sample: BodySample::new(edits.log_body_bytes),
-                    status,
-                });
-            }
+        match plan.body() {
+            ResponseBody::Pass => {}
+            ResponseBody::LogNow { status, sample } => self.log_upstream_error(status, &sample),
+            ResponseBody::Rewrite(rewrite) => self.rewrite = Some(rewrite),
         }
         Action::Continue
     }
@@ -707,27 +615,27 @@ impl HttpState {
         let Some(rewrite) = &mut self.rewrite else {
             return Action::Continue;
         };
-        let keep = rewrite.sample.remaining().min(body_size);
-        if keep > 0 {
-            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, keep) {
-                rewrite.sample.push_partial(&chunk, body_size);
-            }
-        } else {
-            rewrite.sample.push_partial(&[], body_size);
-        }
-        // The original body never reaches the client: each chunk is dropped as it passes, and
-        // the envelope takes the place of the last one.
-        let replacement: &[u8] = if end_of_stream {
-            rewrite.envelope.as_bytes()
-        } else {
-            b""
+        let read = match rewrite.bytes_to_read(body_size) {
+            0 => None,
+            keep => host::get_buffer(BufferType::HttpResponseBody, 0, keep)
+                .ok()
+                .flatten(),
         };
-        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, replacement).is_err() {
-            let _ = hostcalls::reset_http_response();
+        // The original body never reaches the client (see `ErrorBodyRewrite`).
+        let chunk = rewrite.chunk(read.as_deref(), body_size, end_of_stream);
+        if host::set_buffer(
+            BufferType::HttpResponseBody,
+            0,
+            body_size,
+            chunk.replacement,
+        )
+        .is_err()
+        {
+            let _ = host::reset_http_response();
         }
-        if end_of_stream {
+        if chunk.finished {
             if let Some(rewrite) = self.rewrite.take() {
-                self.log_upstream_error(rewrite.status, &rewrite.sample);
+                self.log_upstream_error(rewrite.status(), rewrite.sample());
             }
         }
         Action::Continue
@@ -738,7 +646,7 @@ impl HttpState {
     fn write_response_headers(headers: &[(&[u8], &[u8])]) -> Action {
         if host_headers::write(MapType::HttpResponseHeaders, headers).is_err() {
             // The security headers could not be written: do not send the response without them.
-            let _ = hostcalls::reset_http_response();
+            let _ = host::reset_http_response();
             return Action::Pause;
         }
         Action::Continue

@@ -8,9 +8,8 @@
 //! `set_tick_period` re-arms the timer, so the period is set only when the shortest wanted one
 //! changes: a busy worker that set it on every request would keep postponing its own tick.
 
-use proxy_wasm::hostcalls;
+use crate::host;
 use std::cell::Cell;
-use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TickUser {
@@ -41,9 +40,7 @@ impl Ticker {
             .filter(|&ms| ms > 0)
             .min()
             .unwrap_or(0);
-        if shortest != self.period_ms.get()
-            && hostcalls::set_tick_period(Duration::from_millis(shortest)).is_ok()
-        {
+        if shortest != self.period_ms.get() && host::set_tick_period_ms(shortest).is_ok() {
             self.period_ms.set(shortest);
         }
     }

@@ -2,4 +2,5 @@
 //! and identity headers a client must not forward unverified ([`credentials`]).
 pub mod api_keys;
 pub mod credentials;
+pub mod jwks_refresh;
 pub mod jwt;

@@ -1,5 +1,8 @@
 //! Security events: one JSON line per decision worth auditing, written to Envoy's log. They name
 //! what happened and why, and never hold a credential.
+//!
+//! [`log_event`] writes them through the `log` facade (the adapter installs the logger): `info`
+//! for an allowed request, `warn` for everything else, within the worker's [`EventBudget`].
 
 use serde::Serialize;
 
@@ -23,6 +26,15 @@ pub struct SecurityEvent {
 }
 
 impl SecurityEvent {
+    /// The log level of the event's line: `info` for an allowed request, `warn` otherwise.
+    pub fn level(&self) -> log::Level {
+        if self.code == "allowed" {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self)
             .unwrap_or_else(|_| String::from("{\"type\":\"security_event\"}"))
@@ -110,6 +122,20 @@ impl EventBudget {
 /// The line that stands for suppressed events.
 pub fn summary_json(suppressed: u64) -> String {
     format!("{{\"type\":\"security_event_summary\",\"suppressed\":{suppressed},\"reason\":\"more than events.max_per_second on this worker\"}}")
+}
+
+/// Writes `event` as one JSON line, within `budget` (`None`: the budget cannot be consulted, and
+/// the line is written). A line is only formatted when its level is enabled.
+pub fn log_event(budget: Option<&mut EventBudget>, now_ms: u64, event: &SecurityEvent) {
+    let admission = budget.map_or(Admission::Log, |budget| budget.admit(now_ms));
+    match admission {
+        Admission::Suppress => {}
+        Admission::Log => log::log!(event.level(), "{}", event.to_json()),
+        Admission::LogAfterSummary { suppressed } => {
+            log::warn!("{}", summary_json(suppressed));
+            log::log!(event.level(), "{}", event.to_json());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! What every stage uses: structured security events ([`events`]), the shared-store trait the
+//! What every stage uses: structured security events ([`events`]), the log lines written once
+//! per configuration ([`logging`]), the shared-store trait the
 //! limiter and the JWKS cache write through ([`shared_store`]), and test tokens and keys for the
 //! command line and the tests ([`mint`], native builds only), and for the tests alone an
 //! in-memory store ([`memory_store`], with the `testing` feature).
 pub mod events;
+pub mod logging;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_store;
 #[cfg(not(target_arch = "wasm32"))]
