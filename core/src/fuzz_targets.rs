@@ -1914,10 +1914,13 @@ fn check_schema(schema: &BodySchema, schema_text: &str, body: &[u8]) {
             error.field.len()
         );
         // Messages speak of the schema, never of the rejected value. A value made of lower-case
-        // words and spaces only can be part of a message's own text ("ch the required patter"
-        // is inside "does not match the required pattern"): that is no echo.
+        // words, numbers and spaces only can be part of a message's own text ("ch the required
+        // patter" is in "does not match the required pattern", "ost 5 items" in "must have at
+        // most 5 items"): that is no echo.
         for v in &values {
-            let message_like = v.bytes().all(|b| b.is_ascii_lowercase() || b == b' ');
+            let message_like = v
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b' ');
             if v.len() >= 8
                 && !message_like
                 && !schema_text.contains(v.as_str())
