@@ -22,6 +22,7 @@ pub mod authz;
 pub mod body;
 pub mod config;
 #[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz_targets;
 pub mod limits;
 pub mod pipeline;
