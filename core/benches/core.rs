@@ -58,6 +58,12 @@ fn jwt(c: &mut Criterion) {
     c.bench_function("jwt: parse a token (header, claims, signature)", |b| {
         b.iter(|| token::parse(black_box(&token_text)).is_ok())
     });
+    // Issue 13's evidence: jwt-compact's parser alone on the same token. It checks less (see
+    // authn/jwt/token.rs), so api-guard would pay this on top of its own parse, not instead.
+    c.bench_function(
+        "jwt: jwt-compact UntrustedToken::new alone (lenient)",
+        |b| b.iter(|| jwt_compact::UntrustedToken::new(black_box(&token_text)).is_ok()),
+    );
     let config: JwtConfig = serde_json::from_value(json!({"providers": [{
         "name": "p", "issuer": "https://issuer.test", "audiences": ["api"], "algorithms": ["ES256"],
         "jwks": {"inline": {"keys": [mint::public_jwk(&key)]}}

@@ -1,5 +1,12 @@
 //! Registered-claim rules (RFC 7519 section 4.1). None of them can be switched off by a token,
 //! and `iss`, `aud` and (by default) `exp` cannot be left unchecked by configuration either.
+//!
+//! Not jwt-compact's `TimeOptions` with `Claims::validate_expiration`/`validate_maturity`
+//! (issue 13): its expiry test is `now > exp + leeway`, so it accepts a token at exactly
+//! `exp + skew`, which RFC 7519 section 4.1.4 ("on or after") and the attack tables ("exp 60 s
+//! ago (the skew exactly)", "skew 0: exp now") refuse; its times are chrono values read from
+//! any number (see `token.rs`); and `check_time` runs on every cache hit, on the two integers
+//! kept in the cache, where jwt-compact would need a `Claims` of chrono times built per hit.
 
 use serde_json::{Map, Value};
 

@@ -325,7 +325,10 @@ impl JwtAuth {
         Ok(None)
     }
 
-    /// Verifies a found token with inline keys only (a remote provider has no key here).
+    /// Verifies a found token with inline keys only (a remote provider has no key here). For
+    /// the tests, benches and fuzz targets: the filter always goes through [`Self::verify_with`]
+    /// (`pipeline::policy`), so this is built only with the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub fn verify(
         &self,
         found: FoundToken<'_>,

@@ -1,5 +1,22 @@
 //! Parsing a compact JWS into an untrusted token. Nothing here is believed: the header only
 //! selects a key, and the claims only select a provider, until the signature has verified.
+//!
+//! Not jwt-compact's `UntrustedToken` (issue 13, measured in /work/notes/h3.md): its base64url
+//! is as strict as ours (base64ct, unpadded, canonical last block), but its header and claims go
+//! through plain serde_json and it keeps neither the header's nor the claims' bytes. Each rule
+//! below would need its own decode and parse in front of it, so the token would be decoded
+//! twice. The rules it does not enforce:
+//! - the 8192-byte bound before any work (`TooLarge`);
+//! - duplicate members anywhere in the header or claims (`strict_json`: serde_json keeps the
+//!   last of two equal keys, a parser differential);
+//! - `jwk`, `jku`, `x5u`, `x5c` in the header (parsed or ignored there; refused here);
+//! - `crit` (ignored there; RFC 7515 section 4.1.11 says refuse what is not understood);
+//! - `alg: none` in any spelling, and names outside the table (any string there);
+//! - `kid` of 1 to 256 bytes (any string there);
+//! - `cty: JWT` is refused there too, but `cty: CBOR` is accepted (with its default feature);
+//! - the claims' registered numbers (`claims::numeric_date`: non-negative integers up to year
+//!   9999): jwt-compact's `Claims` takes `exp`/`nbf`/`iat` out of the custom claims into chrono
+//!   times, and reads negative numbers and fractions (truncated) as times.
 
 use super::alg::Alg;
 use super::b64url;

@@ -1,11 +1,15 @@
 //! Signature verification behind one seam, with two implementations: pure Rust (RustCrypto),
 //! which runs everywhere, and the host's `verify_signature` foreign function (Envoy's BoringSSL),
-//! which is about ten times faster inside V8 for RSA PKCS#1 v1.5 and ECDSA.
+//! which is about ten times faster inside V8 for RSA PKCS#1 v1.5 and ECDSA. Both verify through
+//! jwt-compact's [`Algorithm`] trait: its own `Rsa`, `Es256` and `Hs*` where they are as strict
+//! as ours, our `Es384`, `Ed25519Strict` and `HostAlgorithm` where it has none or is lenient.
 
 use super::alg::{Alg, HashAlg, KeyFamily};
 use super::jwk::{Jwk, KeyMaterial};
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use jwt_compact::alg::{Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa};
+use jwt_compact::{Algorithm, AlgorithmSignature};
+use std::borrow::Cow;
+use std::cell::Cell;
 
 /// Why a signature did not verify (internal: goes to the log, never to the client).
 pub type Refusal = &'static str;
@@ -56,90 +60,73 @@ pub fn ecdsa_raw_to_der(family: KeyFamily, raw: &[u8]) -> Result<Vec<u8>, Refusa
     }
 }
 
+/// One jwt-compact [`Algorithm`] run on one signature: the bytes are parsed by the algorithm's
+/// signature type (ECDSA's refuses r = 0, s = 0 and values not below the group order), then
+/// verified. `malformed` is the refusal for bytes that are not a signature of that type.
+///
+/// Only the algorithm is jwt-compact's: the token was parsed and its claims checked by
+/// `token` and `claims`, which are stricter than jwt-compact's `UntrustedToken` and
+/// `Validator` (see `token.rs`), so the validator is not used.
+fn run<A: Algorithm>(
+    alg: &A,
+    key: &A::VerifyingKey,
+    input: &[u8],
+    signature: &[u8],
+    malformed: Refusal,
+) -> Result<(), Refusal> {
+    let signature = A::Signature::try_from_slice(signature).map_err(|_| malformed)?;
+    if alg.verify_signature(&signature, key, input) {
+        Ok(())
+    } else {
+        Err(BAD_SIGNATURE)
+    }
+}
+
+/// Pure Rust: jwt-compact's `Rsa` (RS*, PS* with the salt as long as the hash, RFC 7518
+/// section 3.5), `Es256` and `Hs*` (constant-time tag comparison); and two of ours where
+/// jwt-compact has none or is more lenient: [`Es384`] and [`Ed25519Strict`].
 pub struct RustVerifier;
 
 const BAD_SIGNATURE: Refusal = "signature does not verify";
-
-fn hmac_verify<M: Mac + hmac::digest::KeyInit>(
-    secret: &[u8],
-    input: &[u8],
-    signature: &[u8],
-) -> Result<(), Refusal> {
-    let mut mac =
-        <M as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|_| BAD_SIGNATURE)?;
-    mac.update(input);
-    // verify_slice compares in constant time.
-    mac.verify_slice(signature).map_err(|_| BAD_SIGNATURE)
-}
+const MALFORMED_ECDSA: Refusal = "malformed ECDSA signature";
 
 impl SignatureVerifier for RustVerifier {
-    fn verify(&self, key: &Jwk, alg: Alg, input: &[u8], signature: &[u8]) -> Result<(), Refusal> {
-        check_signature_length(key, alg, signature)?;
-        use rsa::signature::Verifier as _;
+    fn verify(&self, key: &Jwk, alg: Alg, input: &[u8], sig: &[u8]) -> Result<(), Refusal> {
+        // First, and not left to jwt-compact: its `Hs*Signature::try_from_slice` panics on a
+        // tag of the wrong length, and its `Rsa` takes a signature of any length.
+        check_signature_length(key, alg, sig)?;
         match (&key.material, alg) {
-            (KeyMaterial::Rsa(public), Alg::RS256 | Alg::RS384 | Alg::RS512) => {
-                let (scheme, digest) = match alg.hash() {
-                    HashAlg::Sha256 => (
-                        rsa::Pkcs1v15Sign::new::<Sha256>(),
-                        Sha256::digest(input).to_vec(),
-                    ),
-                    HashAlg::Sha384 => (
-                        rsa::Pkcs1v15Sign::new::<Sha384>(),
-                        Sha384::digest(input).to_vec(),
-                    ),
-                    HashAlg::Sha512 => (
-                        rsa::Pkcs1v15Sign::new::<Sha512>(),
-                        Sha512::digest(input).to_vec(),
-                    ),
-                };
-                public
-                    .verify(scheme, &digest, signature)
-                    .map_err(|_| BAD_SIGNATURE)
+            (KeyMaterial::Rsa(public), Alg::RS256) => {
+                run(&Rsa::rs256(), public, input, sig, BAD_SIGNATURE)
             }
-            (KeyMaterial::Rsa(public), Alg::PS256 | Alg::PS384 | Alg::PS512) => {
-                // RFC 7518 section 3.5: MGF1 with the same hash, salt as long as the hash.
-                let (scheme, digest) = match alg.hash() {
-                    HashAlg::Sha256 => (
-                        rsa::Pss::new_with_salt::<Sha256>(32),
-                        Sha256::digest(input).to_vec(),
-                    ),
-                    HashAlg::Sha384 => (
-                        rsa::Pss::new_with_salt::<Sha384>(48),
-                        Sha384::digest(input).to_vec(),
-                    ),
-                    HashAlg::Sha512 => (
-                        rsa::Pss::new_with_salt::<Sha512>(64),
-                        Sha512::digest(input).to_vec(),
-                    ),
-                };
-                public
-                    .verify(scheme, &digest, signature)
-                    .map_err(|_| BAD_SIGNATURE)
+            (KeyMaterial::Rsa(public), Alg::RS384) => {
+                run(&Rsa::rs384(), public, input, sig, BAD_SIGNATURE)
             }
-            (KeyMaterial::P256(vk), Alg::ES256) => {
-                let sig = p256::ecdsa::Signature::from_slice(signature)
-                    .map_err(|_| "malformed ECDSA signature")?;
-                vk.verify(input, &sig).map_err(|_| BAD_SIGNATURE)
+            (KeyMaterial::Rsa(public), Alg::RS512) => {
+                run(&Rsa::rs512(), public, input, sig, BAD_SIGNATURE)
             }
-            (KeyMaterial::P384(vk), Alg::ES384) => {
-                let sig = p384::ecdsa::Signature::from_slice(signature)
-                    .map_err(|_| "malformed ECDSA signature")?;
-                vk.verify(input, &sig).map_err(|_| BAD_SIGNATURE)
+            (KeyMaterial::Rsa(public), Alg::PS256) => {
+                run(&Rsa::ps256(), public, input, sig, BAD_SIGNATURE)
             }
+            (KeyMaterial::Rsa(public), Alg::PS384) => {
+                run(&Rsa::ps384(), public, input, sig, BAD_SIGNATURE)
+            }
+            (KeyMaterial::Rsa(public), Alg::PS512) => {
+                run(&Rsa::ps512(), public, input, sig, BAD_SIGNATURE)
+            }
+            (KeyMaterial::P256(vk), Alg::ES256) => run(&Es256, vk, input, sig, MALFORMED_ECDSA),
+            (KeyMaterial::P384(vk), Alg::ES384) => run(&Es384, vk, input, sig, MALFORMED_ECDSA),
             (KeyMaterial::Ed25519(vk), Alg::EdDSA) => {
-                let sig =
-                    ed25519_dalek::Signature::from_slice(signature).map_err(|_| BAD_SIGNATURE)?;
-                // verify_strict refuses non-canonical and small-order components.
-                vk.verify_strict(input, &sig).map_err(|_| BAD_SIGNATURE)
+                run(&Ed25519Strict, vk, input, sig, BAD_SIGNATURE)
             }
             (KeyMaterial::Hmac(secret), Alg::HS256) => {
-                hmac_verify::<Hmac<Sha256>>(&secret.0, input, signature)
+                run(&Hs256, &Hs256Key::new(&secret.0), input, sig, BAD_SIGNATURE)
             }
             (KeyMaterial::Hmac(secret), Alg::HS384) => {
-                hmac_verify::<Hmac<Sha384>>(&secret.0, input, signature)
+                run(&Hs384, &Hs384Key::new(&secret.0), input, sig, BAD_SIGNATURE)
             }
             (KeyMaterial::Hmac(secret), Alg::HS512) => {
-                hmac_verify::<Hmac<Sha512>>(&secret.0, input, signature)
+                run(&Hs512, &Hs512Key::new(&secret.0), input, sig, BAD_SIGNATURE)
             }
             _ => Err("key type does not fit the algorithm"),
         }
@@ -150,6 +137,89 @@ impl SignatureVerifier for RustVerifier {
     }
 }
 
+/// A signature type for the algorithms below: the bytes as they came (their own types parse
+/// them at verification).
+#[derive(Debug, Clone)]
+pub struct RawSignature(Vec<u8>);
+
+impl AlgorithmSignature for RawSignature {
+    fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
+        Ok(RawSignature(slice.to_vec()))
+    }
+    fn as_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.0)
+    }
+}
+
+/// The algorithms here only verify: a signing key of this type cannot exist.
+#[derive(Debug)]
+pub enum NoSigningKey {}
+
+/// EdDSA (Ed25519) with `verify_strict`, which refuses non-canonical encodings and small-order
+/// components. jwt-compact's `Ed25519` calls ed25519-dalek's `verify`, which accepts them: the
+/// rule "verify_strict" would be lost, so this algorithm stays ours.
+pub struct Ed25519Strict;
+
+impl Algorithm for Ed25519Strict {
+    type SigningKey = NoSigningKey;
+    type VerifyingKey = ed25519_dalek::VerifyingKey;
+    type Signature = ed25519_dalek::Signature;
+
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed("EdDSA")
+    }
+    fn sign(&self, key: &NoSigningKey, _: &[u8]) -> Self::Signature {
+        match *key {}
+    }
+    fn verify_signature(
+        &self,
+        signature: &Self::Signature,
+        key: &Self::VerifyingKey,
+        message: &[u8],
+    ) -> bool {
+        key.verify_strict(message, signature).is_ok()
+    }
+}
+
+/// ES384 (ECDSA on P-384 with SHA-384): jwt-compact 0.8 has no ES384.
+pub struct Es384;
+
+/// `r || s` on P-384; parsing refuses r = 0, s = 0 and values not below the group order.
+pub struct P384Signature(p384::ecdsa::Signature);
+
+impl AlgorithmSignature for P384Signature {
+    fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
+        p384::ecdsa::Signature::from_slice(slice)
+            .map(P384Signature)
+            .map_err(|_| anyhow::anyhow!("malformed P-384 signature"))
+    }
+    fn as_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.to_bytes().to_vec())
+    }
+}
+
+impl Algorithm for Es384 {
+    type SigningKey = NoSigningKey;
+    type VerifyingKey = p384::ecdsa::VerifyingKey;
+    type Signature = P384Signature;
+
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed("ES384")
+    }
+    fn sign(&self, key: &NoSigningKey, _: &[u8]) -> Self::Signature {
+        match *key {}
+    }
+    fn verify_signature(
+        &self,
+        signature: &Self::Signature,
+        key: &Self::VerifyingKey,
+        message: &[u8],
+    ) -> bool {
+        use p384::ecdsa::signature::Verifier as _;
+        key.verify(message, &signature.0).is_ok()
+    }
+}
+
 /// The host refused a foreign-function call (missing function, bad argument, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCallFailed;
@@ -157,6 +227,43 @@ pub struct HostCallFailed;
 /// A call into the host's foreign-function table (`proxy_call_foreign_function`).
 pub trait ForeignFunctions {
     fn call(&self, function: &str, arguments: &[u8]) -> Result<Vec<u8>, HostCallFailed>;
+}
+
+/// Envoy's `verify_signature` foreign function as a jwt-compact [`Algorithm`]: the verifying
+/// key is SPKI DER, the signature what the host wants (DER for ECDSA, raw for RSA PKCS#1 v1.5).
+/// `verify_signature` can only answer yes or no; a failed host call is a no, and is also
+/// recorded in `failed` so that [`HostVerifier`] can fall back to the Rust path.
+pub struct HostAlgorithm<'h, F: ForeignFunctions> {
+    host: &'h F,
+    alg: Alg,
+    failed: Cell<bool>,
+}
+
+impl<F: ForeignFunctions> Algorithm for HostAlgorithm<'_, F> {
+    type SigningKey = NoSigningKey;
+    type VerifyingKey = Vec<u8>;
+    type Signature = RawSignature;
+
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self.alg.name())
+    }
+    fn sign(&self, key: &NoSigningKey, _: &[u8]) -> Self::Signature {
+        match *key {}
+    }
+    fn verify_signature(
+        &self,
+        signature: &Self::Signature,
+        spki: &Self::VerifyingKey,
+        message: &[u8],
+    ) -> bool {
+        match host_verify(self.host, self.alg.hash(), spki, &signature.0, message) {
+            Ok(verified) => verified,
+            Err(HostCallFailed) => {
+                self.failed.set(true);
+                false
+            }
+        }
+    }
 }
 
 /// Envoy's `verify_signature` (BoringSSL) for RSA PKCS#1 v1.5 and ECDSA; everything else, and any
@@ -200,7 +307,7 @@ impl<F: ForeignFunctions> HostVerifier<F> {
 
 impl<F: ForeignFunctions> SignatureVerifier for HostVerifier<F> {
     fn verify(&self, key: &Jwk, alg: Alg, input: &[u8], signature: &[u8]) -> Result<(), Refusal> {
-        let Some(spki) = key.spki_der.as_deref() else {
+        let Some(spki) = key.spki_der.as_ref() else {
             return RustVerifier.verify(key, alg, input, signature);
         };
         check_signature_length(key, alg, signature)?;
@@ -213,11 +320,15 @@ impl<F: ForeignFunctions> SignatureVerifier for HostVerifier<F> {
             }
             _ => return RustVerifier.verify(key, alg, input, signature),
         };
-        match host_verify(&self.host, alg.hash(), spki, host_signature, input) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(BAD_SIGNATURE),
+        let host = HostAlgorithm {
+            host: &self.host,
+            alg,
+            failed: Cell::new(false),
+        };
+        match run(&host, spki, input, host_signature, BAD_SIGNATURE) {
             // The host refused the call itself: fall back rather than fail every token.
-            Err(HostCallFailed) => RustVerifier.verify(key, alg, input, signature),
+            Err(_) if host.failed.get() => RustVerifier.verify(key, alg, input, signature),
+            outcome => outcome,
         }
     }
 
