@@ -6,6 +6,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 /// Read timeout of the test client.
@@ -351,6 +352,66 @@ fn h2c_python() -> std::path::PathBuf {
 
 /// Sends `request` to `127.0.0.1:port` over HTTP/2 cleartext with tests/common/h2c.py (PyPI
 /// `h2`). Panics when the client itself cannot run, with what to install.
+/// Runs one of the Python test clients (`tests/common/<script>`): the request as JSON on its
+/// standard input, its result as JSON on its standard output. Returns the result (or why there
+/// is none) and the client's stderr.
+fn run_python_client(
+    python: &Path,
+    script: &str,
+    spec: &serde_json::Value,
+) -> (Result<serde_json::Value, String>, String) {
+    let path = super::crate_root().join("tests/common").join(script);
+    let mut child = std::process::Command::new(python)
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python.display(), path.display()));
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(spec.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("write the request to {script}: {e}"));
+    }
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{script} output: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let result = serde_json::from_str(stdout.trim()).map_err(|e| {
+        format!("{script} printed no result ({e}): stdout {stdout:?}, stderr {stderr:?}")
+    });
+    (result, stderr)
+}
+
+/// The response a Python test client printed: `status`, `headers` as `[name, value]` pairs
+/// (names lower-cased here), `body_b64`.
+fn response_from_client(script: &str, status: u16, result: &serde_json::Value) -> Response {
+    use base64::Engine as _;
+    let headers = result["headers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|pair| {
+                    (
+                        pair[0].as_str().unwrap_or_default().to_ascii_lowercase(),
+                        pair[1].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(result["body_b64"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script}: the body is not base64: {e}"));
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// One request over TLS (tests/common/https.py, Python's ssl module) to `port`.
 pub fn send_https(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     let authority = headers
@@ -365,44 +426,12 @@ pub fn send_https(port: u16, method: &str, path: &str, headers: &[(&str, &str)])
     let spec = serde_json::json!({
         "port": port, "method": method, "path": path, "headers": others, "authority": authority,
     });
-    let script = super::crate_root().join("tests/common/https.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(&script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(spec.to_string().as_bytes())
-            .expect("write the request to https.py");
-    }
-    let output = child.wait_with_output().expect("https.py output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "https.py printed no result ({e}): stdout {stdout:?}, stderr {:?}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    let headers = result["headers"]
-        .as_array()
-        .map(|pairs| {
-            pairs
-                .iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    Response {
-        status: result["status"].as_u64().unwrap_or(0) as u16,
-        headers,
-        body: base64::Engine::decode(&b64, result["body_b64"].as_str().unwrap_or(""))
-            .unwrap_or_default(),
-    }
+    let (result, _) = run_python_client(Path::new("python3"), "https.py", &spec);
+    let result = result.unwrap_or_else(|why| panic!("{why}"));
+    let status = result["status"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("https.py: no status in {result}"));
+    response_from_client("https.py", status as u16, &result)
 }
 
 pub fn send_h2c(port: u16, request: &H2Request<'_>) -> H2Outcome {
@@ -424,23 +453,7 @@ pub fn send_h2c(port: u16, request: &H2Request<'_>) -> H2Outcome {
         "trailers": request.trailers.as_ref().map(|t| pairs(t)),
     });
     let python = h2c_python();
-    let script = super::crate_root().join("tests/common/h2c.py");
-    let mut child = std::process::Command::new(&python)
-        .arg(&script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(spec.to_string().as_bytes())
-            .expect("write the request to h2c.py");
-    }
-    let output = child.wait_with_output().expect("h2c.py output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (result, stderr) = run_python_client(&python, "h2c.py", &spec);
     if stderr.contains("No module named 'h2'") {
         panic!(
             "the HTTP/2 test client needs the PyPI package h2 in {}: run `{} -m pip install h2==4.4.1` (or set H2C_PYTHON)",
@@ -448,34 +461,12 @@ pub fn send_h2c(port: u16, request: &H2Request<'_>) -> H2Outcome {
             python.display()
         );
     }
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("h2c.py printed no result ({e}): stdout {stdout:?}, stderr {stderr:?}")
-    });
+    let result = result.unwrap_or_else(|why| panic!("{why}"));
     if let Some(error) = result.get("error") {
         panic!("h2c.py failed: {error}");
     }
     let Some(status) = result.get("status").and_then(|s| s.as_u64()) else {
         return H2Outcome::Reset(result.get("reset").and_then(|r| r.as_u64()));
     };
-    let headers = result["headers"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|pair| {
-                    (
-                        pair[0].as_str().unwrap_or_default().to_ascii_lowercase(),
-                        pair[1].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let body = b64
-        .decode(result["body_b64"].as_str().unwrap_or_default())
-        .expect("h2c.py body is base64");
-    H2Outcome::Response(Response {
-        status: status as u16,
-        headers,
-        body,
-    })
+    H2Outcome::Response(response_from_client("h2c.py", status as u16, &result))
 }
