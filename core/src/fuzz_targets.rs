@@ -14,7 +14,6 @@
 use crate::authn::api_keys::{self, ApiKeys, ApiKeysConfig};
 use crate::authn::jwt::alg::Alg;
 use crate::authn::jwt::cache::TokenCache;
-use crate::authn::jwt::remote::RemoteKeys;
 use crate::authn::jwt::verifier::RustVerifier;
 use crate::authn::jwt::{FoundToken, JwtAuth, JwtConfig, VerifiedToken};
 use crate::body::replay::SharedReplayTable;
@@ -23,10 +22,11 @@ use crate::body::strict_json;
 use crate::body::webhook::{Webhook, WebhookConfig, WebhookRefusal};
 use crate::config;
 use crate::limits::rate_limit::MemoryStore;
-use crate::pipeline::policy::{Policy, RequestEnv, Verdict};
+use crate::pipeline::policy::{Policy, Verdict};
 use crate::request::head::RequestHead;
 use crate::request::header_pairs::{self, HeaderPairs};
 use crate::request::routes::{self, NormalizedPath, PathParameters};
+use crate::support::test_env::TestHost;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -1287,19 +1287,9 @@ pub fn route_match(data: &[u8]) {
             return;
         };
         let head = head_with(Vec::new(), method, raw);
-        let store = MemoryStore::default();
-        let mut cache = TokenCache::new(1);
-        let keys = RemoteKeys::default();
-        let mut env = RequestEnv {
-            now_ms: NOW * 1000,
-            verifier: &RustVerifier,
-            token_cache: &mut cache,
-            shared: &store,
-            limiter: None,
-            remote_keys: &keys,
-            may_wait_for_keys: false,
-        };
-        let decision = policy.check_request(&head, &mut env);
+        let mut host = TestHost::new(NOW);
+        host.limiter = None;
+        let decision = policy.check_request(&head, &mut host.env(false));
         let Verdict::Allow(forward) = &decision.verdict else {
             return;
         };

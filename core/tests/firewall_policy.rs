@@ -5,14 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use api_guard_core::authn::jwt::alg::Alg;
-use api_guard_core::authn::jwt::cache::TokenCache;
-use api_guard_core::authn::jwt::remote::RemoteKeys;
-use api_guard_core::authn::jwt::verifier::RustVerifier;
 use api_guard_core::config;
-use api_guard_core::limits::rate_limit::MemoryStore;
-use api_guard_core::pipeline::policy::{Decision, Policy, RequestEnv, Verdict};
+use api_guard_core::pipeline::policy::{Decision, Policy, Verdict};
 use api_guard_core::request::head::RequestHead;
 use api_guard_core::support::mint;
+use api_guard_core::support::test_env::TestHost;
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://idp.test";
@@ -65,18 +62,9 @@ fn decide(policy: &Policy, method: &str, path: &str, extra: &[(&str, &str)]) -> 
         ),
     ];
     headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-    let store = MemoryStore::default();
-    let mut cache = TokenCache::new(8);
-    let keys = RemoteKeys::default();
-    let mut env = RequestEnv {
-        now_ms: NOW_S * 1000,
-        verifier: &RustVerifier,
-        token_cache: &mut cache,
-        shared: &store,
-        limiter: None,
-        remote_keys: &keys,
-        may_wait_for_keys: false,
-    };
+    let mut host = TestHost::new(NOW_S);
+    host.limiter = None;
+    let mut env = host.env(false);
     policy.check_request(
         &RequestHead::from_host(headers, Some("10.0.0.1:1")),
         &mut env,

@@ -6,14 +6,11 @@
 
 use api_guard_core::authn::api_keys::key_sha256_hex;
 use api_guard_core::authn::jwt::alg::Alg;
-use api_guard_core::authn::jwt::cache::TokenCache;
-use api_guard_core::authn::jwt::remote::RemoteKeys;
-use api_guard_core::authn::jwt::verifier::RustVerifier;
 use api_guard_core::config;
-use api_guard_core::limits::rate_limit::{Limiter, MemoryStore};
-use api_guard_core::pipeline::policy::{Decision, Forward, Policy, RequestEnv, Verdict};
+use api_guard_core::pipeline::policy::{Decision, Forward, Policy, Verdict};
 use api_guard_core::request::head::RequestHead;
 use api_guard_core::support::mint;
+use api_guard_core::support::test_env::TestHost;
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://idp.test";
@@ -73,41 +70,14 @@ fn policy(mode: &str) -> Policy {
 /// One client (one IP) against one policy.
 struct Client {
     policy: Policy,
-    host: Host,
-}
-
-/// What the host lends a request: the in-memory store, the caches, a fixed clock.
-struct Host {
-    store: MemoryStore,
-    cache: TokenCache,
-    keys: RemoteKeys,
-    limiter: Limiter,
-}
-
-impl Host {
-    fn env(&mut self) -> RequestEnv<'_> {
-        RequestEnv {
-            now_ms: NOW_S * 1000,
-            verifier: &RustVerifier,
-            token_cache: &mut self.cache,
-            shared: &self.store,
-            limiter: Some(&self.limiter),
-            remote_keys: &self.keys,
-            may_wait_for_keys: false,
-        }
-    }
+    host: TestHost,
 }
 
 impl Client {
     fn new(mode: &str) -> Client {
         Client {
             policy: policy(mode),
-            host: Host {
-                store: MemoryStore::default(),
-                cache: TokenCache::new(8),
-                keys: RemoteKeys::default(),
-                limiter: Limiter::new([7; 32]),
-            },
+            host: TestHost::new(NOW_S),
         }
     }
 
@@ -124,7 +94,7 @@ impl Client {
 
     fn send(&mut self, method: &str, path: &str, extra: &[(&str, &str)]) -> Decision {
         let head = Client::head(method, path, extra);
-        self.policy.check_request(&head, &mut self.host.env())
+        self.policy.check_request(&head, &mut self.host.env(false))
     }
 }
 
@@ -319,7 +289,7 @@ fn a_body_refusal_is_logged_with_the_principal_of_the_headers_phase() {
         ],
     );
     let Client { policy, host } = &mut client;
-    let headers_phase = policy.check_request(&head, &mut host.env());
+    let headers_phase = policy.check_request(&head, &mut host.env(false));
     let Verdict::NeedBody { check, .. } = &headers_phase.verdict else {
         panic!("{:?}", headers_phase.verdict);
     };
@@ -328,7 +298,7 @@ fn a_body_refusal_is_logged_with_the_principal_of_the_headers_phase() {
         check,
         br#"{"name":"no email"}"#,
         &headers_phase.response,
-        &host.env(),
+        &host.env(false),
     );
     assert_eq!(outcome(&body), (400, Some("bad_request")));
     let event = body.event.unwrap();
@@ -341,7 +311,7 @@ fn a_body_refusal_is_logged_with_the_principal_of_the_headers_phase() {
         check,
         br#"{"email":"a@b.test"}"#,
         &headers_phase.response,
-        &host.env(),
+        &host.env(false),
     );
     assert_eq!(outcome(&ok), (200, None));
 }
@@ -359,7 +329,7 @@ fn over(policy: &Policy, method: &str, tls: bool, extra: &[(&str, &str)]) -> Dec
     let mut head = Client::head(method, "/docs/a?page=2", extra);
     head.set_over_tls(tls);
     let mut host = Client::new("enforce").host;
-    policy.check_request(&head, &mut host.env())
+    policy.check_request(&head, &mut host.env(false))
 }
 
 #[test]
@@ -460,7 +430,7 @@ fn network_lists_come_before_preflights_and_authentication() {
     ];
     // 10.0.0.1 (the test client) is in the top-level deny list: even a preflight is refused.
     let head = Client::head("OPTIONS", "/x", &preflight);
-    let decision = policy.check_request(&head, &mut host.env());
+    let decision = policy.check_request(&head, &mut host.env(false));
     assert_eq!(outcome(&decision), (403, Some("ip_denied")));
     assert_eq!(
         decision.event.unwrap().reason,
@@ -478,7 +448,7 @@ fn network_lists_come_before_preflights_and_authentication() {
         ],
         Some("172.16.0.9:5000"),
     );
-    let decision = policy.check_request(&head, &mut host.env());
+    let decision = policy.check_request(&head, &mut host.env(false));
     assert_eq!(outcome(&decision), (403, Some("ip_denied")));
     assert_eq!(
         decision.event.unwrap().reason,

@@ -2,7 +2,8 @@
 //! per configuration ([`logging`]), the shared-store trait the
 //! limiter and the JWKS cache write through ([`shared_store`]), and test tokens and keys for the
 //! command line and the tests ([`mint`], native builds only), and for the tests alone an
-//! in-memory store ([`memory_store`], with the `testing` feature).
+//! in-memory store ([`memory_store`]) and the request environment of a native decision
+//! ([`test_env`]), both with the `testing` feature.
 pub mod events;
 pub mod logging;
 #[cfg(any(test, feature = "testing"))]
@@ -10,3 +11,5 @@ pub mod memory_store;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
 pub mod shared_store;
+#[cfg(any(test, feature = "testing"))]
+pub mod test_env;

@@ -180,10 +180,7 @@ impl RemoteJwks {
             source.update(alg.name().as_bytes());
             source.update([0]);
         }
-        let fingerprint: String = source.finalize()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let fingerprint = base16ct::lower::encode_string(&source.finalize()[..6]);
         let prefix = format!("api-guard.jwks.{provider_name}.{fingerprint}");
         Ok(RemoteJwks {
             cluster,
