@@ -12,7 +12,8 @@
 //! - [`authz`]: whether they may: scopes, roles, owner checks.
 //! - [`limits`]: how much: rate limits in shared data, request size.
 //! - [`body`]: what the body says: JSON schema, webhook signatures and their replay table.
-//! - [`pipeline`]: the order of the stages above, and the verdict that comes out of them.
+//! - [`pipeline`]: the order of the stages above, the verdict that comes out of them, and one
+//!   stream's flow through the host's events as commands for the adapter.
 //! - [`response`]: what goes back: security headers, CORS, error rewriting, the envelope.
 //! - [`support`]: what every stage uses: security events, the shared-store trait, test tokens.
 #![forbid(unsafe_code)]

@@ -20,11 +20,10 @@
 
 use crate::host;
 use crate::tick::{TickUser, Ticker};
-use crate::{decide_with_env, now_ms, HostSharedData, HttpState, Shared};
+use crate::{now_ms, HostSharedData, HttpState, Shared};
 use api_guard_core::authn::jwks_refresh::{self, Command, JwksRefresh};
 use api_guard_core::authn::jwt::remote::{HttpReply, RemoteKeys, WaitTicket};
 use api_guard_core::pipeline::policy::Policy;
-use api_guard_core::request::head::RequestHead;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::{Ref, RefCell};
@@ -39,20 +38,6 @@ pub(super) struct RequestHandle {
 
 fn alive(handle: &RequestHandle) -> bool {
     handle.request.strong_count() > 0
-}
-
-/// What a request keeps while it waits for keys, to be decided again.
-pub(super) struct HeldForKeys {
-    head: RequestHead,
-    /// The request had no body.
-    headers_end_stream: bool,
-    /// Body bytes that arrived while waiting (Envoy buffers them: the body callbacks pause).
-    body_size: usize,
-    /// The whole body, copied when the request ended while waiting: a body check after the
-    /// wait has no callback left to read it in.
-    complete_body: Option<Vec<u8>>,
-    /// The request ended (body or trailers) while waiting.
-    ended: bool,
 }
 
 /// One VM's part of remote JWKS: the core's driver (`jwks_refresh`), which decides, and the
@@ -246,129 +231,25 @@ fn resume(ready: Vec<RequestHandle>, root_context_id: u32) {
         let Ok(mut request) = request.try_borrow_mut() else {
             continue;
         };
-        if request.decide_after_wait() == Action::Continue && host::resume_http_request().is_err() {
+        if request.keys_settled() == Action::Continue && host::resume_http_request().is_err() {
             let _ = host::reset_http_request();
         }
     }
     let _ = host::set_effective_context(root_context_id);
 }
 
-impl HttpState {
-    /// Carries out [`api_guard_core::pipeline::policy::Verdict::WaitForKeys`]: the request pauses (headers, and
-    /// any body, stay with Envoy) and the root decides it again when its keys settle.
-    pub(super) fn hold_for_keys(
-        &mut self,
-        head: RequestHead,
-        ticket: WaitTicket,
-        end_of_stream: bool,
-    ) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return self.fail_closed("the plugin configuration was refused");
-        };
-        if !end_of_stream {
-            self.note_total_size_at_headers();
-        }
-        self.held_for_keys = Some(HeldForKeys {
-            head,
-            headers_end_stream: end_of_stream,
-            body_size: 0,
-            complete_body: None,
-            ended: end_of_stream,
-        });
-        let registered = shared.remote_jwks.register(
-            RequestHandle {
-                context_id: self.context_id,
-                request: self.self_ref.clone(),
-            },
-            ticket,
-        );
-        if registered {
-            Action::Pause
-        } else {
-            // Too many requests waiting on this worker: decide this one now.
-            self.decide_after_wait()
-        }
-    }
-
-    /// A body chunk while the request waits: Envoy keeps it (pause); a complete body is copied
-    /// now, the only time it can be read.
-    pub(super) fn body_while_held_for_keys(
-        &mut self,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
-        let copied = if end_of_stream {
-            match host::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-                Ok(body) => Some(body.unwrap_or_default()),
-                Err(status) => {
-                    return self.fail_closed(&format!("cannot read the request body: {status}"))
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(held) = &mut self.held_for_keys {
-            held.body_size = body_size;
-            held.ended = end_of_stream;
-            held.complete_body = copied;
-        }
-        Action::Pause
-    }
-
-    /// Trailers end a request. While its headers are held, answering `Continue` here would
-    /// make Envoy send the request on undecided (checked on Envoy 1.40 with HTTP/2: a body that
-    /// ends with trailers reached the upstream unchecked), so the trailers wait with it. A body
-    /// held for a check (webhook, body_schema) has no data callback with `end_of_stream` in that
-    /// case: it is complete now and is checked now.
-    pub(super) fn on_http_request_trailers(&mut self) -> Action {
-        self.body_callback_came();
-        if self.held.is_some() {
-            // The host clamps the length to what it has buffered.
-            return self.finish_held_body(usize::MAX);
-        }
-        let Some(held) = &self.held_for_keys else {
-            return Action::Continue;
-        };
-        let body_size = held.body_size;
-        let copied = host::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .map(Option::unwrap_or_default);
-        if let Some(held) = &mut self.held_for_keys {
-            held.ended = true;
-            held.complete_body = copied;
-        }
-        Action::Pause
-    }
-
-    /// Decides a held request again, never waiting twice. Returns what the request's own
-    /// callback would have returned: `Continue` means the caller resumes it.
-    pub(super) fn decide_after_wait(&mut self) -> Action {
-        let Some(held) = self.held_for_keys.take() else {
-            return Action::Pause;
-        };
-        let Some(shared) = self.shared.clone() else {
-            return self.fail_closed("the plugin configuration was refused");
-        };
-        let decision = match decide_with_env(&shared, false, |env| {
-            shared.policy.check_request(&held.head, env)
-        }) {
-            Ok(decision) => decision,
-            Err(why) => return self.fail_closed(&why),
-        };
-        let action = self.carry_out(decision, Some(held.head), held.headers_end_stream);
-        if self.held.is_some() {
-            // The route checks the body. If the request ended while it waited, the body came
-            // and went: check the copy. Otherwise the body callbacks bring the rest.
-            return match (held.ended, held.complete_body) {
-                (true, Some(body)) => self.check_held_body_bytes(Some(&body)),
-                (true, None) => self.fail_closed("the request body could not be read"),
-                (false, _) => action,
-            };
-        }
-        if action == Action::Continue && held.body_size > 0 {
-            // Allowed: the bytes that arrived while waiting count against a streamed limit.
-            return self.on_http_request_body(held.body_size, held.ended);
-        }
-        action
-    }
+/// Registers a request that waits for keys (`WaitForKeys`): the request pauses (headers, and
+/// any body, stay with Envoy) and the root decides it again when its keys settle. False when
+/// this worker already holds too many.
+pub(super) fn register(state: &HttpState, ticket: WaitTicket) -> bool {
+    let Some(shared) = &state.shared else {
+        return false;
+    };
+    shared.remote_jwks.register(
+        RequestHandle {
+            context_id: state.context_id,
+            request: state.self_ref.clone(),
+        },
+        ticket,
+    )
 }

@@ -21,20 +21,15 @@ use api_guard_core::authn::jwt::cache::TokenCache;
 use api_guard_core::authn::jwt::verifier::{
     ForeignFunctions, HostCallFailed, HostVerifier, RustVerifier, SignatureVerifier,
 };
+use api_guard_core::body::held::HeldBudget;
 use api_guard_core::config;
-use api_guard_core::limits::body_limit::BodyCounter;
 use api_guard_core::limits::rate_limit::{shared_seed, Limiter};
-use api_guard_core::pipeline::flow::{
-    self, BodyOverLimit, ErrorBodyRewrite, ResponseBody, ResponseHeadersPlan,
+use api_guard_core::pipeline::http_flow::{
+    Command, FlowQueries, HttpFlow, Next, ResponseChunk, ResponseHeaders, Step,
 };
-use api_guard_core::pipeline::policy::{
-    fallback_response_edits, BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext,
-    Verdict,
-};
-use api_guard_core::request::head::{client_ip, RequestHead};
+use api_guard_core::pipeline::policy::{Decision, Forward, Policy, RequestEnv};
+use api_guard_core::request::head::RequestHead;
 use api_guard_core::request::header_pairs::serialize;
-use api_guard_core::response::error_rewrite::{BodySample, ResponseOrigin};
-use api_guard_core::response::reply::{ErrorCode, LocalReply};
 use api_guard_core::support::events::{self, EventBudget, SecurityEvent};
 use api_guard_core::support::logging;
 use api_guard_core::support::shared_store::{CounterStore, StoreError};
@@ -113,7 +108,7 @@ fn now_ms() -> Result<u64, host::HostError> {
 fn decide_with_env(
     shared: &Shared,
     may_wait_for_keys: bool,
-    decide: impl FnOnce(&mut RequestEnv<'_>) -> Decision,
+    decide: &mut dyn FnMut(&mut RequestEnv<'_>) -> Decision,
 ) -> Result<Decision, String> {
     let now_ms = now_ms().map_err(|status| format!("cannot read the clock: {status}"))?;
     let mut token_cache = shared
@@ -149,7 +144,7 @@ struct Shared {
     /// The root's timer (remote JWKS and the body-wait table).
     ticker: Rc<tick::Ticker>,
     /// The bytes of the bodies this worker holds for a check.
-    held_budget: Rc<body_hold::HeldBudget>,
+    held_budget: Rc<HeldBudget>,
     /// Requests paused on their headers until their first body callback.
     body_waits: body_hold::BodyWaits,
 }
@@ -239,9 +234,7 @@ impl RootContext for ApiGuardRoot {
             policy,
             remote_jwks,
             ticker,
-            held_budget: Rc::new(body_hold::HeldBudget::new(
-                body_hold::MAX_HELD_BODY_BYTES_PER_WORKER,
-            )),
+            held_budget: Rc::new(HeldBudget::default()),
             body_waits: body_hold::BodyWaits::default(),
         }));
         true
@@ -259,12 +252,17 @@ impl RootContext for ApiGuardRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let held_budget = self.shared.as_ref().map_or_else(
+            || Rc::new(HeldBudget::default()),
+            |s| Rc::clone(&s.held_budget),
+        );
         let state = Rc::new_cyclic(|self_ref| {
             RefCell::new(HttpState {
                 shared: self.shared.clone(),
+                flow: HttpFlow::new(held_budget),
                 context_id,
                 self_ref: self_ref.clone(),
-                ..HttpState::default()
+                total_size_at_headers: None,
             })
         });
         Some(Box::new(ApiGuardHttp { state }))
@@ -273,15 +271,6 @@ impl RootContext for ApiGuardRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
-}
-
-/// A body being held for a check on the whole of it.
-struct HeldBody {
-    head: RequestHead,
-    forward: Forward,
-    check: BodyCheck,
-    /// The body so far, taken out of Envoy's buffer (see `body_hold`).
-    taken: body_hold::BodyStore,
 }
 
 /// The SDK owns the http context; its state lives behind `Rc<RefCell<..>>` so that the root
@@ -307,275 +296,251 @@ impl ApiGuardHttp {
 }
 
 impl HttpContext for ApiGuardHttp {
-    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.with_state(|state| state.on_http_request_headers(num_headers, end_of_stream))
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.with_state(|state| state.on_request_headers(end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.with_state(|state| state.on_http_request_body(body_size, end_of_stream))
+        self.with_state(|state| state.on_request_body(body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.with_state(HttpState::on_http_request_trailers)
-    }
-
-    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.with_state(|state| state.on_http_response_headers(num_headers, end_of_stream))
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.with_state(|state| state.on_http_response_body(body_size, end_of_stream))
-    }
-}
-
-#[derive(Default)]
-struct HttpState {
-    /// `None` when the configuration was refused: every request then fails closed.
-    shared: Option<Rc<Shared>>,
-    response: ResponseContext,
-    held: Option<HeldBody>,
-    body_counter: Option<BodyCounter>,
-    sent_local_reply: bool,
-    rewrite: Option<ErrorBodyRewrite>,
-    context_id: u32,
-    /// This state's own handle, registered with the root while the request waits for keys.
-    self_ref: Weak<RefCell<HttpState>>,
-    /// The request while it waits for a remote key set.
-    held_for_keys: Option<jwks::HeldForKeys>,
-    /// A body or trailers callback came: Envoy hands this filter the body.
-    body_seen: bool,
-    /// Registered in the root's table of requests waiting for their first body callback.
-    watched_for_body: bool,
-    /// `request.total_size` when a request paused on its headers to wait for keys.
-    total_size_at_headers: Option<u64>,
-}
-
-impl HttpState {
-    /// Sends the filter's own reply with every response header it will carry (the reply's own,
-    /// then the security, CORS and rate-limit headers and `x-request-id`), so that the response
-    /// callback has nothing left to do for it.
-    fn send(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) -> Action {
-        self.sent_local_reply = true;
-        let reply: Vec<(&[u8], &[u8])> = headers
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect();
-        let shared = self.shared.clone();
-        let fallback;
-        let edits = match &shared {
-            Some(shared) => {
-                shared
-                    .policy
-                    .plan_response(&self.response, status, ResponseOrigin::Filter)
-            }
-            None => {
-                fallback = fallback_response_edits(&self.response.request_id);
-                fallback.edits()
-            }
-        };
-        let headers = serialize(&edits.merge(&reply));
-        if host::send_http_response(status, &headers, body).is_err() {
-            // Cannot answer: reset the stream rather than let the request through.
-            let _ = host::reset_http_request();
-        }
-        Action::Pause
-    }
-
-    fn send_reply(&mut self, reply: &LocalReply) -> Action {
-        self.send(reply.status, &reply.headers, reply.body.as_bytes())
-    }
-
-    fn fail_closed(&mut self, why: &str) -> Action {
-        log::error!("api-guard: failing closed: {why}");
-        let reply = LocalReply::new(ErrorCode::ServiceUnavailable, &self.response.request_id);
-        self.send_reply(&reply)
-    }
-
-    fn apply_forward(forward: &Forward) -> Result<(), host::HostError> {
-        for name in &forward.remove_headers {
-            host::remove_header(MapType::HttpRequestHeaders, name)?;
-        }
-        for (name, value) in &forward.set_headers {
-            host::set_header(MapType::HttpRequestHeaders, name, value)?;
-        }
-        if let Some(path) = &forward.set_path {
-            host::set_header(MapType::HttpRequestHeaders, ":path", path)?;
-        }
-        Ok(())
-    }
-
-    /// Carries out a decision; `held` is the request head when the body may still be needed.
-    fn carry_out(
-        &mut self,
-        decision: Decision,
-        head: Option<RequestHead>,
-        end_of_stream: bool,
-    ) -> Action {
-        if let (Some(event), Some(shared)) = (&decision.event, &self.shared) {
-            log_event(shared, event);
-        }
-        self.response = decision.response;
-        match decision.verdict {
-            Verdict::Allow(forward) => {
-                if let Some(held) = self.held.take() {
-                    if let Err(status) = Self::apply_forward(&held.forward) {
-                        return self
-                            .fail_closed(&format!("cannot rewrite request headers: {status}"));
-                    }
-                    if let Err(why) = Self::restore_held_body(&held) {
-                        return self.fail_closed(&why);
-                    }
-                }
-                if let Err(status) = Self::apply_forward(&forward) {
-                    return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
-                }
-                self.body_counter = self.response.stream_body_limit.map(BodyCounter::new);
-                Action::Continue
-            }
-            Verdict::Deny(reply) => self.send_reply(&reply),
-            Verdict::Preflight(headers) => self.send(204, &headers, b""),
-            Verdict::WaitForKeys(ticket) => {
-                let Some(head) = head else {
-                    return self.fail_closed("waiting for keys without a request head");
-                };
-                self.hold_for_keys(head, ticket, end_of_stream)
-            }
-            Verdict::NeedBody { forward, check } => {
-                let Some(head) = head else {
-                    return self.fail_closed("body check without a request head");
-                };
-                let Some(shared) = self.shared.clone() else {
-                    return self.fail_closed("the plugin configuration was refused");
-                };
-                self.held = Some(HeldBody {
-                    head,
-                    forward,
-                    taken: body_hold::BodyStore::new(
-                        Rc::clone(&shared.held_budget),
-                        check.max_bytes,
-                    ),
-                    check,
-                });
-                if end_of_stream {
-                    self.finish_held_body(0)
-                } else {
-                    // Headers wait with the body until the whole body has been checked; the
-                    // root answers if the body callbacks never come.
-                    self.watch_for_body_callbacks();
-                    Action::Pause
-                }
-            }
-        }
-    }
-
-    /// Checks the held body: `body`, or the copy the held body keeps.
-    fn check_held_body_bytes(&mut self, body: Option<&[u8]>) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return self.fail_closed("the plugin configuration was refused");
-        };
-        let Some(held) = &self.held else {
-            return Action::Continue;
-        };
-        let body = body.unwrap_or(held.taken.bytes());
-        let decided = decide_with_env(&shared, false, |env| {
-            shared
-                .policy
-                .check_body(&held.head, &held.check, body, &self.response, env)
-        });
-        match decided {
-            Ok(decision) => self.carry_out(decision, None, true),
-            Err(why) => self.fail_closed(&why),
-        }
-    }
-}
-
-impl HttpState {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let headers = match host_headers::read(MapType::HttpRequestHeaders) {
-            Ok(headers) => headers,
-            Err(error) => {
-                return self.fail_closed(&format!("cannot read request headers: {error}"))
-            }
-        };
-        let Some(shared) = self.shared.clone() else {
-            if let Some(request_id) = headers
-                .get("x-request-id")
-                .and_then(|id| std::str::from_utf8(id).ok())
-            {
-                self.response.request_id = request_id.to_string();
-            }
-            return self.fail_closed("the plugin configuration was refused");
-        };
-        let mut head = RequestHead::from_pairs(&headers, Box::new(source_address));
-        head.set_tls_source(Box::new(connection_is_tls));
-        self.response.request_id.clone_from(&head.request_id);
-        let decision =
-            match decide_with_env(&shared, true, |env| shared.policy.check_request(&head, env)) {
-                Ok(decision) => decision,
-                Err(why) => return self.fail_closed(&why),
-            };
-        self.carry_out(decision, Some(head), end_of_stream)
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.body_callback_came();
-        if self.held_for_keys.is_some() {
-            return self.body_while_held_for_keys(body_size, end_of_stream);
-        }
-        if self.held.is_some() {
-            // The body is checked whole, and nothing goes upstream before that.
-            return self.held_body_chunk(body_size, end_of_stream);
-        }
-        let over_limit = self
-            .body_counter
-            .as_mut()
-            .is_some_and(|counter| counter.add(body_size));
-        if over_limit {
-            return self.refuse_body_too_large(None);
-        }
-        Action::Continue
-    }
-
-    /// A body over the route's bound: 413 (the held body, if any, is dropped). In report mode
-    /// the request goes on as it would have, a held body put back first.
-    fn refuse_body_too_large(&mut self, held: Option<HeldBody>) -> Action {
-        self.body_counter = None;
-        let Some(shared) = self.shared.clone() else {
-            return self.fail_closed("no policy");
-        };
-        self.fill_event_client();
-        let (event, outcome) =
-            flow::body_over_limit(&shared.policy, &self.response, held.is_some());
-        log_event(&shared, &event);
-        match (outcome, held) {
-            (BodyOverLimit::Reply(reply), _) => self.send_reply(&reply),
-            (
-                BodyOverLimit::Proceed {
-                    restore_held_body: true,
-                },
-                Some(held),
-            ) => {
-                if let Err(status) = Self::apply_forward(&held.forward) {
-                    return self.fail_closed(&format!("cannot rewrite request headers: {status}"));
-                }
-                if let Err(why) = Self::restore_held_body(&held) {
-                    return self.fail_closed(&why);
-                }
-                Action::Continue
-            }
-            (BodyOverLimit::Proceed { .. }, _) => Action::Continue,
-        }
+        self.with_state(HttpState::on_request_trailers)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.sent_local_reply {
-            if self.is_own_reply() {
-                // The filter's own reply already carries every header it needs (see `send`).
-                return Action::Continue;
+        self.with_state(|state| state.on_response_headers(end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with_state(|state| state.on_response_body(body_size, end_of_stream))
+    }
+}
+
+/// What the core's flow may read from the host while it decides.
+struct EnvoyQueries<'a> {
+    /// `None` when the configuration was refused.
+    shared: Option<&'a Shared>,
+}
+
+impl FlowQueries for EnvoyQueries<'_> {
+    fn decide(
+        &mut self,
+        may_wait_for_keys: bool,
+        decide: &mut dyn FnMut(&mut RequestEnv<'_>) -> Decision,
+    ) -> Result<Decision, String> {
+        let shared = self
+            .shared
+            .ok_or_else(|| "the plugin configuration was refused".to_string())?;
+        decide_with_env(shared, may_wait_for_keys, decide)
+    }
+
+    fn request_body(&mut self, len: usize) -> Result<Vec<u8>, String> {
+        host::get_buffer(BufferType::HttpRequestBody, 0, len)
+            .map(Option::unwrap_or_default)
+            .map_err(|status| status.to_string())
+    }
+
+    fn source_address(&mut self) -> Option<String> {
+        source_address()
+    }
+
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        host::get_header(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn response_code_details(&mut self) -> Option<Vec<u8>> {
+        host::get_property(&["response", "code_details"])
+            .ok()
+            .flatten()
+    }
+}
+
+/// One stream: the core's flow, which decides, and the host bookkeeping the root needs to find
+/// the request again.
+struct HttpState {
+    /// `None` when the configuration was refused: every request then fails closed.
+    shared: Option<Rc<Shared>>,
+    flow: HttpFlow,
+    context_id: u32,
+    /// This state's own handle, registered with the root while the request waits for keys or
+    /// for its first body callback.
+    self_ref: Weak<RefCell<HttpState>>,
+    /// `request.total_size` when the request paused on its headers to wait for keys, for the
+    /// body-wait table if its route turns out to read the body.
+    total_size_at_headers: Option<u64>,
+}
+
+/// What a command the host refused leaves to do: fail closed.
+type Refused = String;
+
+impl HttpState {
+    /// Carries out the flow's commands in order, and ends the callback as the flow says. A
+    /// command the host refuses fails the request closed instead of the rest.
+    fn execute(&mut self, step: Step) -> Action {
+        for command in step.commands {
+            match self.run(command) {
+                Ok(None) => {}
+                Ok(Some(action)) => return action,
+                Err(why) => {
+                    let shared = self.shared.clone();
+                    let failed = self
+                        .flow
+                        .fail_closed(shared.as_deref().map(|s| &s.policy), &why);
+                    // Its commands (a log line, a reply) cannot be refused in turn: a reply the
+                    // host will not send resets the stream.
+                    return self.execute(failed);
+                }
             }
-            // Envoy's reply won over the filter's (see `body_hold`): it is Envoy's local reply,
-            // and gets what every other one gets.
-            self.sent_local_reply = false;
+        }
+        match step.next {
+            Next::Continue => Action::Continue,
+            Next::Pause => Action::Pause,
+        }
+    }
+
+    /// One command. `Ok(Some(action))`: the callback ends with `action` now.
+    fn run(&mut self, command: Command) -> Result<Option<Action>, Refused> {
+        match command {
+            Command::LogEvent(event) => match &self.shared {
+                Some(shared) => log_event(shared, &event),
+                None => events::log_event(None, 0, &event),
+            },
+            Command::LogFailure(why) => log::error!("api-guard: failing closed: {why}"),
+            Command::EditRequest(forward) => apply_forward(&forward)
+                .map_err(|status| format!("cannot rewrite request headers: {status}"))?,
+            Command::PrependRequestBody(bytes) => {
+                // `set_buffer` at 0 with length 0 prepends.
+                if !bytes.is_empty() {
+                    host::set_buffer(BufferType::HttpRequestBody, 0, 0, &bytes)
+                        .map_err(|status| format!("cannot restore the request body: {status}"))?;
+                }
+            }
+            Command::DrainRequestBody(len) => {
+                host::set_buffer(BufferType::HttpRequestBody, 0, len, b"")
+                    .map_err(|status| format!("cannot drain the request body: {status}"))?;
+            }
+            Command::SendReply {
+                status,
+                headers,
+                body,
+            } => {
+                let pairs: Vec<(&[u8], &[u8])> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                    .collect();
+                if host::send_http_response(status, &serialize(&pairs), &body).is_err() {
+                    // Cannot answer: reset the stream rather than let the request through.
+                    let _ = host::reset_http_request();
+                }
+            }
+            Command::WaitForKeys(ticket) => {
+                self.total_size_at_headers = body_hold::request_total_size();
+                if !jwks::register(self, ticket) {
+                    // Too many requests waiting on this worker: decide this one now.
+                    return Ok(Some(self.keys_settled()));
+                }
+            }
+            Command::WatchForBody => self.watch_for_body_callbacks(),
+            Command::StopWatchingForBody => {
+                if let Some(shared) = &self.shared {
+                    shared.body_waits.remove(self.context_id);
+                }
+            }
+            Command::ReportMissingBodyCallbacks => {
+                if let Some(shared) = &self.shared {
+                    body_hold::report_missing_body_callbacks(shared);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        let headers = match host_headers::read(MapType::HttpRequestHeaders) {
+            Ok(headers) => headers,
+            Err(error) => {
+                let why = format!("cannot read request headers: {error}");
+                let shared = self.shared.clone();
+                let step = self
+                    .flow
+                    .fail_closed(shared.as_deref().map(|s| &s.policy), &why);
+                return self.execute(step);
+            }
+        };
+        let Some(shared) = self.shared.clone() else {
+            let request_id = headers
+                .get("x-request-id")
+                .and_then(|id| std::str::from_utf8(id).ok());
+            let step = self.flow.on_request_headers_without_policy(request_id);
+            return self.execute(step);
+        };
+        let mut head = RequestHead::from_pairs(&headers, Box::new(source_address));
+        head.set_tls_source(Box::new(connection_is_tls));
+        let mut queries = EnvoyQueries {
+            shared: Some(&shared),
+        };
+        let step = self
+            .flow
+            .on_request_headers(&shared.policy, head, end_of_stream, &mut queries);
+        self.execute(step)
+    }
+
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let mut queries = EnvoyQueries {
+            shared: Some(&shared),
+        };
+        let step =
+            self.flow
+                .on_request_body(&shared.policy, body_size, end_of_stream, &mut queries);
+        self.execute(step)
+    }
+
+    fn on_request_trailers(&mut self) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let mut queries = EnvoyQueries {
+            shared: Some(&shared),
+        };
+        let step = self.flow.on_request_trailers(&shared.policy, &mut queries);
+        self.execute(step)
+    }
+
+    /// Decides a request that waited for keys again. Returns what the request's own callback
+    /// would have returned: `Continue` means the caller resumes it.
+    fn keys_settled(&mut self) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Pause;
+        };
+        let mut queries = EnvoyQueries {
+            shared: Some(&shared),
+        };
+        let step = self.flow.on_keys_settled(&shared.policy, &mut queries);
+        self.execute(step)
+    }
+
+    /// Called by the root for a request whose body reached Envoy and never the filter.
+    fn body_callbacks_never_came(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let step = self.flow.on_body_callbacks_never_came(&shared.policy);
+        self.execute(step);
+    }
+
+    fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
+        let shared = self.shared.clone();
+        let mut queries = EnvoyQueries {
+            shared: shared.as_deref(),
+        };
+        if self.flow.response_is_own_reply(&mut queries) {
+            return Action::Continue;
         }
         // One read and one write of the whole map: every host call crosses the V8 boundary, and
         // a response gets a dozen headers set or removed.
@@ -585,92 +550,70 @@ impl HttpState {
             return Action::Pause;
         };
         let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
-        let Some(shared) = self.shared.clone() else {
-            let fallback = fallback_response_edits(&self.response.request_id);
-            return Self::write_response_headers(&fallback.edits().merge(&headers));
-        };
-        let plan = ResponseHeadersPlan::new(
-            &shared.policy,
-            &self.response,
+        let written = self.flow.on_response_headers(
+            shared.as_deref().map(|s| &s.policy),
             &headers,
             end_of_stream,
-            || {
-                host::get_property(&["response", "code_details"])
-                    .ok()
-                    .flatten()
-            },
+            &mut queries,
+            &mut |merged| host_headers::write(MapType::HttpResponseHeaders, merged).map_err(|_| ()),
         );
-        if Self::write_response_headers(&plan.headers(&headers)) == Action::Pause {
-            return Action::Pause;
+        match written {
+            ResponseHeaders::Written { event } => {
+                if let (Some(event), Some(shared)) = (event, &shared) {
+                    log_event(shared, &event);
+                }
+                Action::Continue
+            }
+            ResponseHeaders::WriteFailed => {
+                // The security headers could not be written: do not send the response without
+                // them.
+                let _ = host::reset_http_response();
+                Action::Pause
+            }
         }
-        match plan.body() {
-            ResponseBody::Pass => {}
-            ResponseBody::LogNow { status, sample } => self.log_upstream_error(status, &sample),
-            ResponseBody::Rewrite(rewrite) => self.rewrite = Some(rewrite),
-        }
-        Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(rewrite) = &mut self.rewrite else {
+    fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let read = match rewrite.bytes_to_read(body_size) {
+        let read = match self.flow.response_bytes_wanted(body_size) {
             0 => None,
-            keep => host::get_buffer(BufferType::HttpResponseBody, 0, keep)
+            wanted => host::get_buffer(BufferType::HttpResponseBody, 0, wanted)
                 .ok()
                 .flatten(),
         };
-        // The original body never reaches the client (see `ErrorBodyRewrite`).
-        let chunk = rewrite.chunk(read.as_deref(), body_size, end_of_stream);
-        if host::set_buffer(
-            BufferType::HttpResponseBody,
-            0,
+        let mut queries = EnvoyQueries {
+            shared: Some(&shared),
+        };
+        let chunk = self.flow.on_response_body(
+            &shared.policy,
+            read.as_deref(),
             body_size,
-            chunk.replacement,
-        )
-        .is_err()
-        {
-            let _ = host::reset_http_response();
-        }
-        if chunk.finished {
-            if let Some(rewrite) = self.rewrite.take() {
-                self.log_upstream_error(rewrite.status(), rewrite.sample());
+            end_of_stream,
+            &mut queries,
+        );
+        if let ResponseChunk::Replace { replacement, event } = chunk {
+            if host::set_buffer(BufferType::HttpResponseBody, 0, body_size, &replacement).is_err() {
+                let _ = host::reset_http_response();
+            }
+            if let Some(event) = event {
+                log_event(&shared, &event);
             }
         }
         Action::Continue
     }
 }
 
-impl HttpState {
-    fn write_response_headers(headers: &[(&[u8], &[u8])]) -> Action {
-        if host_headers::write(MapType::HttpResponseHeaders, headers).is_err() {
-            // The security headers could not be written: do not send the response without them.
-            let _ = host::reset_http_response();
-            return Action::Pause;
-        }
-        Action::Continue
+fn apply_forward(forward: &Forward) -> Result<(), host::HostError> {
+    for name in &forward.remove_headers {
+        host::remove_header(MapType::HttpRequestHeaders, name)?;
     }
-
-    /// An event on the response path names the client even when no decision needed its address
-    /// (the head asks the host only when one does).
-    fn fill_event_client(&mut self) {
-        if self.response.event_base.client.is_empty() {
-            if let Some(address) = source_address() {
-                self.response.event_base.client = client_ip(&address);
-            }
-        }
+    for (name, value) in &forward.set_headers {
+        host::set_header(MapType::HttpRequestHeaders, name, value)?;
     }
-
-    fn log_upstream_error(&mut self, status: u16, sample: &BodySample) {
-        self.fill_event_client();
-        if let Some(shared) = &self.shared {
-            log_event(
-                shared,
-                &shared
-                    .policy
-                    .upstream_error_event(&self.response, status, sample),
-            );
-        }
+    if let Some(path) = &forward.set_path {
+        host::set_header(MapType::HttpRequestHeaders, ":path", path)?;
     }
+    Ok(())
 }
