@@ -421,10 +421,9 @@ impl ApiKeys {
         // `RequestHead::header_values` ties its result to the name's lifetime too; the key must
         // only borrow from the request.
         let values_of = |name: &str| -> Vec<&'r str> {
-            head.headers
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
+            head.headers()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| v)
                 .collect()
         };
         let header_values = values_of(&self.header);

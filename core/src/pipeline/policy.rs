@@ -365,7 +365,7 @@ impl Policy {
     /// would make the upstream act on a method or path the filter never checked.
     fn remove_spoofable_headers(&self, head: &RequestHead, forward: &mut Forward) {
         let strip_overrides = self.firewall.override_headers == OverrideHeaders::Strip;
-        for (name, _) in &head.headers {
+        for (name, _) in head.headers() {
             let spoofable = self.identity_headers.iter().any(|h| h == name)
                 || (name.contains('_')
                     && self
@@ -373,8 +373,8 @@ impl Policy {
                         .iter()
                         .any(|h| h != name && same_after_folding(name, h)))
                 || (strip_overrides && Firewall::is_override_header(name));
-            if spoofable && !forward.remove_headers.contains(name) {
-                forward.remove_headers.push(name.clone());
+            if spoofable && !forward.remove_headers.iter().any(|h| h == name) {
+                forward.remove_headers.push(name.to_string());
             }
         }
     }
@@ -647,8 +647,7 @@ impl Policy {
         }
         if self.firewall.override_headers == OverrideHeaders::Reject
             && head
-                .headers
-                .iter()
+                .headers()
                 .any(|(name, _)| Firewall::is_override_header(name))
         {
             return Err(bad_request("method or URL override header".into()));
