@@ -37,17 +37,6 @@ pub struct RequestHead {
     pub unreadable: Option<&'static str>,
 }
 
-impl std::fmt::Debug for RequestHead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Header values carry credentials: a head is never printed whole.
-        f.debug_struct("RequestHead")
-            .field("method", &self.method)
-            .field("headers", &self.spans.len())
-            .field("request_id", &self.request_id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl RequestHead {
     fn empty(capacity: usize, text_bytes: usize) -> RequestHead {
         RequestHead {
