@@ -94,6 +94,8 @@ struct FakeEnvoy {
     buffer: Vec<u8>,
     /// Whether the host gives the request environment (the clock, the caches).
     environment_available: bool,
+    /// Whether the host hands over the request body bytes it holds.
+    body_readable: bool,
     response_headers: Vec<(String, String)>,
     /// What the adapter did: the events, the replies, the header edits, the body drains.
     events: Vec<SecurityEvent>,
@@ -110,6 +112,7 @@ impl FakeEnvoy {
             host: TestHost::new(NOW_S),
             buffer: Vec::new(),
             environment_available: true,
+            body_readable: true,
             response_headers: Vec::new(),
             events: Vec::new(),
             replies: Vec::new(),
@@ -178,6 +181,9 @@ impl FlowQueries for FakeEnvoy {
     }
 
     fn request_body(&mut self, len: usize) -> Result<Vec<u8>, String> {
+        if !self.body_readable {
+            return Err("NotFound".into());
+        }
         Ok(self.buffer[..len.min(self.buffer.len())].to_vec())
     }
 
@@ -327,6 +333,44 @@ fn a_held_body_over_its_bound_is_refused_or_put_back_in_report_mode() {
         report.envoy.buffer, expected,
         "the drained part goes back in front"
     );
+}
+
+#[test]
+fn a_body_the_host_will_not_hand_over_fails_closed_wherever_it_is_read() {
+    // A middle chunk, the last chunk, and a complete body that arrives while the request
+    // waits for its keys: each is read from the host, and a refused read is a 503.
+    for (chunks, waits_for_keys) in [
+        (vec![(&b"{"[..], false)], false),
+        (vec![(&b"{}"[..], true)], false),
+        (vec![(&b"{}"[..], true)], true),
+    ] {
+        let mut stream = if waits_for_keys {
+            Stream::new(remote_policy())
+        } else {
+            Stream::new(inline_policy("enforce"))
+        };
+        stream.headers("POST", "/signup", false);
+        stream.envoy.body_readable = false;
+        for (chunk, end) in chunks {
+            assert_eq!(stream.body(chunk, end), Next::Pause);
+        }
+        assert_eq!(
+            stream.envoy.reply_status(),
+            Some(503),
+            "keys wait: {waits_for_keys}"
+        );
+        let (_, _, body) = stream.envoy.replies.last().unwrap();
+        assert!(
+            !body.contains("NotFound"),
+            "the host's status stays in the log"
+        );
+        assert!(stream
+            .envoy
+            .failures
+            .iter()
+            .any(|why| why.contains("cannot read the request body: NotFound")));
+        assert!(matches!(stream.flow.phase(), RequestPhase::Answered));
+    }
 }
 
 #[test]

@@ -270,22 +270,24 @@ impl HttpFlow {
     ) -> Step {
         let watching = self.body_callback_arrived();
         let step = match &mut self.request {
-            RequestPhase::WaitingForKeys(waiting) => {
+            RequestPhase::WaitingForKeys(_) => {
                 // The host keeps the body while the request waits; a complete body is copied
                 // now, the only time it can be read.
-                if end_of_stream {
-                    match host.request_body(body_size) {
-                        Ok(body) => waiting.complete_body = Some(body),
-                        Err(why) => {
-                            return self.fail_closed(
-                                Some(policy),
-                                &format!("cannot read the request body: {why}"),
-                            )
-                        }
+                let complete_body = if end_of_stream {
+                    match self.read_body_or_fail(policy, body_size, host) {
+                        Ok(body) => Some(body),
+                        Err(failed) => return failed,
                     }
+                } else {
+                    None
+                };
+                if let RequestPhase::WaitingForKeys(waiting) = &mut self.request {
+                    if complete_body.is_some() {
+                        waiting.complete_body = complete_body;
+                    }
+                    waiting.body_size = body_size;
+                    waiting.ended = end_of_stream;
                 }
-                waiting.body_size = body_size;
-                waiting.ended = end_of_stream;
                 Step::pauses()
             }
             // The body is checked whole, and nothing goes upstream before that.
@@ -591,14 +593,12 @@ impl HttpFlow {
         if end_of_stream {
             return self.finish_held_body(policy, body_size, host);
         }
-        let chunk = match host.request_body(body_size) {
+        let chunk = match self.read_body_or_fail(policy, body_size, host) {
             Ok(chunk) => chunk,
-            Err(why) => {
-                return self.fail_closed(
-                    Some(policy),
-                    &format!("cannot read the request body: {why}"),
-                )
-            }
+            Err(failed) => return failed,
+        };
+        let RequestPhase::HoldingBody(held) = &mut self.request else {
+            return Step::continues();
         };
         if let Err(full) = held.taken.push(&chunk, true) {
             return self.fail_closed(Some(policy), &full.reason());
@@ -615,14 +615,9 @@ impl HttpFlow {
         in_host: usize,
         host: &mut dyn FlowQueries,
     ) -> Step {
-        let tail = match host.request_body(in_host) {
+        let tail = match self.read_body_or_fail(policy, in_host, host) {
             Ok(tail) => tail,
-            Err(why) => {
-                return self.fail_closed(
-                    Some(policy),
-                    &format!("cannot read the request body: {why}"),
-                )
-            }
+            Err(failed) => return failed,
         };
         let RequestPhase::HoldingBody(held) = &mut self.request else {
             return Step::continues();
@@ -635,6 +630,22 @@ impl HttpFlow {
             return self.fail_closed(Some(policy), &full.reason());
         }
         self.check_held_body(policy, None, host)
+    }
+
+    /// `len` bytes of the host's request body, or the step that fails the request closed
+    /// because the host would not hand them over.
+    fn read_body_or_fail(
+        &mut self,
+        policy: &Policy,
+        len: usize,
+        host: &mut dyn FlowQueries,
+    ) -> Result<Vec<u8>, Step> {
+        host.request_body(len).map_err(|why| {
+            self.fail_closed(
+                Some(policy),
+                &format!("cannot read the request body: {why}"),
+            )
+        })
     }
 
     /// Checks the held body: `body`, or the copy the held body keeps.
