@@ -126,16 +126,21 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p api-guard --release --target wasm32-wasip1 -- -D warnings
 
-## bench: api-guard against Envoy's native filters and bare Envoy (wrk), and the criterion
-## micro-benchmarks of the core; writes bench/results.md
+## bench: api-guard against Envoy's native filters and bare Envoy (wrk), instructions per request
+## under valgrind's callgrind (repeatable where wall-clock figures are not), and the criterion
+## micro-benchmarks of the core; writes bench/results.md and bench/callgrind-results.md.
+## BENCH_BASELINES="label=path/to/older/api_guard.wasm ..." measures earlier builds in the same run.
+BENCH_BASELINES ?=
 bench: build envoy cli
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
-		{ echo "install wrk (Debian package 'wrk')" >&2; exit 1; }
+	@{ command -v wrk && command -v valgrind; } >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind >/dev/null; } || \
+		{ echo "install wrk and valgrind (Debian packages 'wrk', 'valgrind')" >&2; exit 1; }
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml \
 		--target-dir target/empty-filter
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/hostcall-floor/Cargo.toml \
 		--target-dir target/hostcall-floor
-	python3 bench/run.py
+	python3 bench/run.py $(foreach b,$(BENCH_BASELINES),--baseline $(b))
+	python3 bench/callgrind.py $(foreach b,$(BENCH_BASELINES),--baseline $(b))
 	cargo bench -p api-guard-core --bench core --bench network
 
 ## soak: the demo config (envoy/demo.yaml) at saturation for SOAK_SECONDS (default 600) with a mix
