@@ -154,6 +154,26 @@ test-oci: oci registry-tools
 	python3 tests/oci/registry_roundtrip.py --layout $(OCI_LAYOUT) --wasm $(WASM) --tag $(OCI_TAG) \
 		--work target/oci-registry --wasmplugin $(OCI_DIR)/wasmplugin.yaml
 
+# The dependency audit: cargo-deny 0.20 (installed once into the git-ignored .tools/, which CI
+# may cache) over deny.toml, offline, against the RustSec advisory-db snapshot next to the
+# repository (../shared/advisory-db.tar.gz; ADVISORY_DB_SNAPSHOT overrides it).
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(CURDIR)/.tools/bin/cargo-deny
+ADVISORY_DB_SNAPSHOT ?= $(abspath $(CURDIR)/../shared/advisory-db.tar.gz)
+ADVISORY_DBS := $(CURDIR)/target/advisory-dbs
+
+$(CARGO_DENY):
+	cargo install --locked --root $(CURDIR)/.tools cargo-deny@$(CARGO_DENY_VERSION)
+
+## audit: cargo deny --offline check (advisories, licences, bans, sources; deny.toml), and the
+## scope of its one advisory exception (audit/rsa_private_key_scope.sh)
+audit: $(CARGO_DENY)
+	@$(CARGO_DENY) --version | grep -q ' 0\.20\.' || \
+		{ echo "$(CARGO_DENY) is not cargo-deny 0.20: remove .tools/ and rerun" >&2; exit 1; }
+	python3 audit/unpack_advisory_db.py "$(ADVISORY_DB_SNAPSHOT)" $(ADVISORY_DBS)
+	API_GUARD_ADVISORY_DBS=$(ADVISORY_DBS) $(CARGO_DENY) --offline check --hide-inclusion-graph
+	audit/rsa_private_key_scope.sh
+
 lint:
 	cargo fmt --check
 	cargo clippy --workspace --all-targets -- -D warnings
