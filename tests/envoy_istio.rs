@@ -17,8 +17,9 @@
 //!   (`<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX`).
 //!
 //! Shown: the shipped configuration refuses a request without a token (401) and passes one with
-//! the demo's token (200); and a webhook route, which reads the body, fails closed under Istio
-//! (503 within the filter's bound, nothing upstream) while the other routes keep working.
+//! the demo's token (200); a webhook route, which reads the body, fails closed under Istio (503
+//! within the filter's bound, nothing upstream) while the other routes keep working; and a
+//! pluginConfig the filter refuses fails closed (503 on every route).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -334,4 +335,28 @@ fn pluginconfig_is_serialised_as_istio_does() {
     let shipped = &wasm_plugin()["spec"]["pluginConfig"];
     let reparsed: Value = serde_json::from_str(&istio_struct_json(shipped)).unwrap();
     assert_eq!(&reparsed, shipped);
+}
+
+/// A pluginConfig the filter refuses (which `api-guard check` would have caught) fails closed
+/// under Istio too: every route answers the filter's 503, nothing reaches the upstream.
+#[test]
+fn an_invalid_plugin_config_fails_closed_under_istio() {
+    let mut plugin = wasm_plugin();
+    plugin["spec"]["pluginConfig"]["routes"][0]["match"]["path_exact"] = json!("healthz");
+    let envoy = Envoy::start(istio_options(&plugin));
+    for path in ["/healthz", "/api/documents"] {
+        let response = envoy.request("GET", path, &[]);
+        assert_refusal(path, &response, 503, "service_unavailable", None);
+    }
+    assert!(
+        envoy.upstream_requests().is_empty(),
+        "invalid config: upstream"
+    );
+    assert!(
+        envoy.wait_for_log(
+            "invalid configuration, refusing to start",
+            Duration::from_secs(10)
+        ),
+        "the filter logs why it refuses"
+    );
 }
