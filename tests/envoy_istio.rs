@@ -3,8 +3,8 @@
 //!
 //! What Istio (pilot's WasmPlugin conversion, istio-agent's wasm cache) hands Envoy, reproduced:
 //! - the HTTP filter is an extension config discovery (ECDS) entry named `<namespace>.<name>`,
-//!   whose `type_urls` are the Wasm filter and RBAC (the deny-all config the agent substitutes
-//!   when the module cannot be fetched under FAIL_CLOSE); Istio serves the
+//!   whose `type_urls` are the Wasm filter and RBAC (recent Istio puts a deny-all RBAC config in
+//!   the filter's place when the module cannot be fetched under FAIL_CLOSE); Istio serves the
 //!   `TypedExtensionConfig` over ADS, here Envoy reads the same resource from a file;
 //! - the `PluginConfig`: `name` `<namespace>.<name>`, `root_id` = `pluginName`, no `vm_id`, no
 //!   `allow_on_headers_stop_iteration` (a WasmPlugin cannot set it), `failure_policy`
