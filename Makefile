@@ -27,7 +27,8 @@ DRHEADER_VERSION := 2.0.0
 DRHEADER := $(VENV)/bin/drheader
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 clean
+.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 clean \
+	oci test-oci registry-tools audit
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -71,8 +72,8 @@ run: build envoy cli
 	exec "$(ENVOY)" -c envoy/demo.yaml --concurrency 2 --log-level info --disable-hot-restart
 
 ## test: native tests of the core, validation of every Envoy config, real-Envoy integration tests,
-## the real-browser CORS test and the header scan
-test: build envoy test-native validate test-envoy test-browser
+## the real-browser CORS test, the header scan and the OCI image through a real registry
+test: build envoy test-native validate test-envoy test-browser test-oci
 
 ## test-native: every host-free test: the core's unit and native tests (fake clock, in-memory
 ## store, attack tables, Wycheproof, the JSON Schema suite, the fuzz corpora) and the CLI's
@@ -120,6 +121,58 @@ $(DRHEADER):
 ## Both are #[ignore]d tests of tests/envoy_cors_errors.rs, run here with what they need.
 test-browser: build envoy chromium $(PLAYWRIGHT) $(DRHEADER)
 	DRHEADER=$(DRHEADER) cargo test -p api-guard-envoy-tests --test envoy_cors_errors -- --ignored
+
+# The Istio image (deploy/oci/build_image.py): an OCI image layout in the "compat" form Istio's
+# image fetcher reads, one gzip tar layer holding plugin.wasm; reproducible (same wasm, same digest).
+OCI_DIR := target/oci
+OCI_LAYOUT := $(OCI_DIR)/api-guard
+OCI_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+
+## oci: the image layout at target/oci/api-guard (tag: the workspace version) and
+## target/oci/wasmplugin.yaml, deploy/istio/wasmplugin.yaml with the image's sha256
+oci: build cli
+	python3 deploy/oci/build_image.py --wasm $(WASM) --out $(OCI_LAYOUT) --tag $(OCI_TAG) \
+		--digest-file $(OCI_DIR)/digest
+	@digest=$$(cut -d: -f2 $(OCI_DIR)/digest) && \
+	sed "s|^\(  url: oci://.*\)$$|\1\n  sha256: $$digest|" deploy/istio/wasmplugin.yaml > $(OCI_DIR)/wasmplugin.yaml && \
+	grep -q "^  sha256: $$digest$$" $(OCI_DIR)/wasmplugin.yaml || \
+		{ echo "no 'url: oci://' line in deploy/istio/wasmplugin.yaml" >&2; exit 1; }
+	$(CLI) check $(OCI_DIR)/wasmplugin.yaml
+
+## registry-tools: Debian's docker-registry and skopeo (apt-get when missing)
+registry-tools:
+	@{ command -v docker-registry && command -v skopeo; } >/dev/null || { \
+		echo "installing Debian's docker-registry and skopeo (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null; }
+	@{ command -v docker-registry && command -v skopeo; } >/dev/null || \
+		{ echo "docker-registry and skopeo are needed (Debian packages 'docker-registry', 'skopeo')" >&2; exit 1; }
+
+## test-oci: a docker-registry of its own on loopback (config and storage in target/oci-registry);
+## skopeo pushes the image and pulls it back; plugin.wasm and the digests must be unchanged
+test-oci: oci registry-tools
+	python3 tests/oci/registry_roundtrip.py --layout $(OCI_LAYOUT) --wasm $(WASM) --tag $(OCI_TAG) \
+		--work target/oci-registry --wasmplugin $(OCI_DIR)/wasmplugin.yaml
+
+# The dependency audit: cargo-deny 0.20 (installed once into the git-ignored .tools/, which CI
+# may cache) over deny.toml, offline, against the RustSec advisory-db snapshot next to the
+# repository (../shared/advisory-db.tar.gz; ADVISORY_DB_SNAPSHOT overrides it).
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(CURDIR)/.tools/bin/cargo-deny
+ADVISORY_DB_SNAPSHOT ?= $(abspath $(CURDIR)/../shared/advisory-db.tar.gz)
+ADVISORY_DBS := $(CURDIR)/target/advisory-dbs
+
+$(CARGO_DENY):
+	cargo install --locked --root $(CURDIR)/.tools cargo-deny@$(CARGO_DENY_VERSION)
+
+## audit: cargo deny --offline check (advisories, licences, bans, sources; deny.toml), and the
+## scope of its one advisory exception (audit/rsa_private_key_scope.sh)
+audit: $(CARGO_DENY)
+	@$(CARGO_DENY) --version | grep -q ' 0\.20\.' || \
+		{ echo "$(CARGO_DENY) is not cargo-deny 0.20: remove .tools/ and rerun" >&2; exit 1; }
+	python3 audit/unpack_advisory_db.py "$(ADVISORY_DB_SNAPSHOT)" $(ADVISORY_DBS)
+	API_GUARD_ADVISORY_DBS=$(ADVISORY_DBS) $(CARGO_DENY) --offline check --hide-inclusion-graph
+	audit/rsa_private_key_scope.sh
 
 lint:
 	cargo fmt --check

@@ -7,8 +7,10 @@
 //!   `PluginConfig` (the object holding `vm_config`) that names api-guard in its `name`,
 //!   `root_id`, `vm_id` or module file/URL; its `configuration` must be a
 //!   `google.protobuf.StringValue`, whose `value` is what Envoy hands the filter;
-//! - an Istio `WasmPlugin` whose name or module URL names api-guard: its `pluginConfig`, which
-//!   Istio hands the filter as JSON.
+//! - an Istio `WasmPlugin` whose name, `pluginName` or module URL names api-guard: its
+//!   `pluginConfig`, which Istio hands the filter as JSON; and the resource itself, which must
+//!   fail closed (`failStrategy` not `FAIL_OPEN`), run before Istio's authorization (`phase`
+//!   `AUTHN` or `AUTHZ`), be an HTTP plugin and carry a well-formed `sha256` if any.
 //!
 //! Errors are what the filter itself refuses (it would answer every request 503). Warnings are
 //! configurations the filter accepts but that do not protect what they seem to, or that Envoy
@@ -38,6 +40,11 @@ struct Embedded<'v> {
     content: Result<Vec<u8>, String>,
     /// Where the wasm filter sits in an Envoy configuration (none for an Istio `WasmPlugin`).
     site: Option<EnvoySite<'v>>,
+    /// What is wrong around the configuration (an Istio `WasmPlugin` that would fail open).
+    errors: Vec<String>,
+    /// It is an Istio `WasmPlugin`: Istio writes the wasm filter, without
+    /// `allow_on_headers_stop_iteration`.
+    istio: bool,
 }
 
 /// A value of the file and its path.
@@ -154,6 +161,7 @@ fn check_embedded(found: Vec<Embedded<'_>>) -> Report {
     let mut warnings = Vec::new();
     for embedded in &found {
         let at = &embedded.location;
+        findings.extend(embedded.errors.iter().cloned());
         let bytes = match &embedded.content {
             Err(message) => {
                 findings.push(format!("[{at}] {message}"));
@@ -171,6 +179,9 @@ fn check_embedded(found: Vec<Embedded<'_>>) -> Report {
                 );
                 if let Some(site) = &embedded.site {
                     warnings.extend(envoy_warnings(&policy, &plugin, site));
+                }
+                if embedded.istio {
+                    warnings.extend(istio_body_warning(&policy).map(|w| format!("[{at}] {w}")));
                 }
             }
         }
@@ -300,6 +311,8 @@ impl<'v> Search<'v> {
             location,
             content,
             site,
+            errors: Vec::new(),
+            istio: false,
         });
     }
 
@@ -324,8 +337,80 @@ impl<'v> Search<'v> {
             location,
             content,
             site: None,
+            errors: wasm_plugin_errors(value, &join(path, "spec")),
+            istio: true,
         });
     }
+}
+
+/// What makes an Istio `WasmPlugin` for api-guard unsafe to apply, whatever its `pluginConfig`
+/// (extensions.istio.io/v1alpha1): a security filter that fails open, or that runs after
+/// Istio's own authorization, protects nothing it seems to.
+fn wasm_plugin_errors(value: &Value, spec_path: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let field = |name: &str| value.get("spec").and_then(|spec| spec.get(name));
+    // Istio's FailStrategy: FAIL_CLOSE (the default when absent), FAIL_OPEN, FAIL_RELOAD (Envoy
+    // reloads a crashed VM and refuses requests until it is back).
+    match field("failStrategy") {
+        None => {}
+        Some(Value::String(s)) if s == "FAIL_CLOSE" || s == "FAIL_RELOAD" => {}
+        Some(Value::String(s)) if s == "FAIL_OPEN" => errors.push(format!(
+            "{spec_path}.failStrategy: FAIL_OPEN lets every request through unchecked when the              api-guard VM cannot load or crashes (an attacker who crashes it turns the guard              off); use FAIL_CLOSE"
+        )),
+        Some(other) => errors.push(format!(
+            "{spec_path}.failStrategy: {other} is not an Istio FailStrategy api-guard accepts              (FAIL_CLOSE or FAIL_RELOAD)"
+        )),
+    }
+    // Istio's PluginPhase: without one (or UNSPECIFIED_PHASE) the filter goes just before the
+    // router, after Istio's authentication and authorization; STATS is later still.
+    match field("phase") {
+        Some(Value::String(s)) if s == "AUTHN" || s == "AUTHZ" => {}
+        None => errors.push(format!(
+            "{spec_path}.phase: missing: Istio then puts api-guard after its own authorization              filters, just before the router; set phase: AUTHN"
+        )),
+        Some(other) => errors.push(format!(
+            "{spec_path}.phase: {other} puts api-guard after Istio's authorization filters;              set phase: AUTHN (or AUTHZ)"
+        )),
+    }
+    match field("type") {
+        None => {}
+        Some(Value::String(s)) if s == "HTTP" => {}
+        Some(other) => errors.push(format!(
+            "{spec_path}.type: {other}: api-guard is an HTTP filter (type: HTTP)"
+        )),
+    }
+    // For an oci:// URL Istio compares it with the image's manifest digest (`make oci`
+    // prints it), for http(s):// with the module's: 64 lower-case hex digits.
+    match field("sha256") {
+        None => {}
+        Some(Value::String(s))
+            if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {}
+        Some(other) => errors.push(format!(
+            "{spec_path}.sha256: {other} is not a SHA-256 digest (64 lower-case hex digits,              without \"sha256:\")"
+        )),
+    }
+    errors
+}
+
+/// Istio writes the wasm filter without `allow_on_headers_stop_iteration`, and a WasmPlugin
+/// cannot set it: routes that read the body whole fail closed there.
+fn istio_body_warning(policy: &Policy) -> Option<String> {
+    let names: Vec<String> = policy
+        .routes
+        .iter()
+        .filter(|r| r.webhook.is_some() || r.body_schema.is_some())
+        .map(|r| format!("{:?}", r.name))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "route(s) {} read the body (webhook, body_schema), but Istio writes the wasm filter \
+         without allow_on_headers_stop_iteration: those requests fail closed with 503 after \
+         about 3 s. Patch allow_on_headers_stop_iteration: true in with an EnvoyFilter, or \
+         leave webhook and body_schema out",
+        names.join(", ")
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -844,6 +929,7 @@ metadata:
   name: api-guard
 spec:
   url: oci://registry.example.com/api-guard:1.0
+  phase: AUTHN
   pluginConfig:
     routes:
     - name: x
@@ -875,9 +961,89 @@ spec:
                 assert!(warning.starts_with(&format!("{hcm}{about}")), "{warning}");
             }
         }
-        let istio = "kind: WasmPlugin\nmetadata: { name: api-guard }\nspec:\n  pluginConfig:\n    routes: [ { name: h, match: { path_exact: /h }, auth: none } ]\n";
+        let istio = "kind: WasmPlugin\nmetadata: { name: api-guard }\nspec:\n  phase: AUTHN\n  pluginConfig:\n    routes: [ { name: h, match: { path_exact: /h }, auth: none } ]\n";
         let report = check(istio.as_bytes());
         assert!(report.findings.is_empty() && report.warnings.is_empty());
+    }
+
+    fn wasm_plugin(spec_lines: &str, routes: &str) -> String {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: api-guard }}\nspec:\n  url: oci://registry.example.com/api-guard:1.0\n{spec_lines}  pluginConfig:\n    routes: {routes}\n    webhooks: {{ gh: {{ scheme: github, secrets: [\"0123456789abcdef0123456789abcdef\"] }} }}\n"
+        )
+    }
+
+    const PLAIN_ROUTES: &str = "[ { name: h, match: { path_exact: /h }, auth: none } ]";
+
+    #[test]
+    fn wasm_plugins_must_fail_closed_and_run_before_istio_authorization() {
+        for accepted in [
+            "  phase: AUTHN\n  failStrategy: FAIL_CLOSE\n",
+            "  phase: AUTHN\n",
+            "  phase: AUTHZ\n  failStrategy: FAIL_RELOAD\n  type: HTTP\n",
+            "  phase: AUTHN\n  sha256: b6a53ff0e6f1266a415ee9e7c8add2257baf868385f7f229151c62ed4a913c82\n",
+        ] {
+            let report = check(wasm_plugin(accepted, PLAIN_ROUTES).as_bytes());
+            assert!(report.findings.is_empty(), "{accepted}: {:?}", report.findings);
+            assert!(report.warnings.is_empty(), "{accepted}: {:?}", report.warnings);
+        }
+        for (refused, expected) in [
+            (
+                "  phase: AUTHN\n  failStrategy: FAIL_OPEN\n",
+                "spec.failStrategy: FAIL_OPEN lets every request through unchecked",
+            ),
+            ("  failStrategy: FAIL_CLOSE\n", "spec.phase: missing"),
+            (
+                "  phase: STATS\n",
+                "spec.phase: \"STATS\" puts api-guard after",
+            ),
+            (
+                "  phase: UNSPECIFIED_PHASE\n",
+                "spec.phase: \"UNSPECIFIED_PHASE\"",
+            ),
+            (
+                "  phase: AUTHN\n  failStrategy: FAIL_SOMETIMES\n",
+                "spec.failStrategy: \"FAIL_SOMETIMES\"",
+            ),
+            (
+                "  phase: AUTHN\n  type: NETWORK\n",
+                "spec.type: \"NETWORK\"",
+            ),
+            (
+                "  phase: AUTHN\n  sha256: \"sha256:abc\"\n",
+                "spec.sha256: \"sha256:abc\" is not",
+            ),
+        ] {
+            let report = check(wasm_plugin(refused, PLAIN_ROUTES).as_bytes());
+            assert_eq!(report.findings.len(), 1, "{refused}: {:?}", report.findings);
+            assert!(
+                report.findings[0].starts_with(expected),
+                "{refused}: {:?}",
+                report.findings
+            );
+        }
+        // The plugin configuration is still checked alongside.
+        let report = check(
+            wasm_plugin(
+                "  failStrategy: FAIL_OPEN\n",
+                "[ { name: x, match: { path_prefix: api }, auth: none } ]",
+            )
+            .as_bytes(),
+        );
+        assert_eq!(report.findings.len(), 3, "{:?}", report.findings);
+    }
+
+    #[test]
+    fn wasm_plugins_with_body_routes_are_warned_about_the_missing_setting() {
+        let routes = "[ { name: hook, match: { path_exact: /hook }, auth: none, webhook: gh } ]";
+        let report = check(wasm_plugin("  phase: AUTHN\n", routes).as_bytes());
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].starts_with("[spec.pluginConfig] route(s) \"hook\" read the body")
+                && report.warnings[0].contains("allow_on_headers_stop_iteration"),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]

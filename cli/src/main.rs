@@ -75,8 +75,10 @@ enum Command {
     /// filter accepts but what leaves a gap: a route a trailing slash falls through, and in an
     /// Envoy config a connection manager without local_reply_config, without
     /// headers_with_underscores_action: REJECT_REQUEST or without a trusted client address, an
-    /// undefined cluster, body routes Envoy would stall or answer 413 itself. Exit code 0 when
-    /// valid (warnings or not), 1 on errors.
+    /// undefined cluster, body routes Envoy would stall or answer 413 itself. An Istio
+    /// WasmPlugin must also fail closed (failStrategy not FAIL_OPEN) and name phase AUTHN or
+    /// AUTHZ (errors otherwise); its body routes get a warning. Exit code 0 when valid
+    /// (warnings or not), 1 on errors.
     Check {
         /// The configuration file, or `-` to read it from standard input.
         #[arg(value_name = "FILE|-", allow_hyphen_values = true)]

@@ -727,3 +727,54 @@ fn check_reports_errors_and_warnings_together() {
         out.stderr
     );
 }
+
+/// The shipped Istio WasmPlugin passes; the same resource failing open, or without a phase, is
+/// refused with a message naming the field, as are its pluginConfig's errors.
+#[test]
+fn check_the_shipped_wasm_plugin_and_refuse_unsafe_ones() {
+    let shipped = run(&["check", "deploy/istio/wasmplugin.yaml"]);
+    assert_eq!(shipped.code, 0, "{}{}", shipped.stdout, shipped.stderr);
+    assert_eq!(
+        shipped.stdout,
+        "OK: deploy/istio/wasmplugin.yaml: 1 api-guard configuration valid\n"
+    );
+    let text =
+        std::fs::read_to_string(Path::new(CRATE).join("deploy/istio/wasmplugin.yaml")).unwrap();
+    assert!(text.contains("  failStrategy: FAIL_CLOSE\n") && text.contains("  phase: AUTHN\n"));
+
+    let fail_open = scratch_file(
+        "wasmplugin-fail-open.yaml",
+        &text.replace(
+            "  failStrategy: FAIL_CLOSE\n",
+            "  failStrategy: FAIL_OPEN\n",
+        ),
+    );
+    let out = run(&["check", fail_open.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("spec.failStrategy: FAIL_OPEN lets every request through unchecked"),
+        "{all}"
+    );
+
+    let no_phase = scratch_file(
+        "wasmplugin-no-phase.yaml",
+        &text.replace("  phase: AUTHN\n", ""),
+    );
+    let out = run(&["check", no_phase.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("spec.phase: missing"), "{all}");
+
+    let bad_config = scratch_file(
+        "wasmplugin-bad-config.yaml",
+        &text.replace("path_prefix: /internal/", "path_prefix: internal/"),
+    );
+    let out = run(&["check", bad_config.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("[spec.pluginConfig] routes[3].match.path_prefix: must start with \"/\""),
+        "{all}"
+    );
+}

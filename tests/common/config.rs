@@ -64,7 +64,14 @@ fn reindent(block: &str, indent: usize) -> String {
 /// Settings of the generated YAML beyond `ConfigParams` (kept separate so
 /// that `ConfigParams` literals elsewhere keep compiling).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RenderExtras {
+pub struct RenderExtras<'a> {
+    /// An `http_filters` entry (YAML, written as at top level: `- name: ...`) that takes the
+    /// place of the api-guard wasm filter the harness writes: a filter configured another way,
+    /// e.g. through extension config discovery as Istio does.
+    pub wasm_filter_yaml: Option<&'a str>,
+    /// Top-level bootstrap YAML appended to the file (e.g. `node:`, which extension config
+    /// discovery needs).
+    pub extra_bootstrap_yaml: Option<&'a str>,
     /// The route's upstream timeout; `None` = 5 s.
     pub route_timeout_ms: Option<u64>,
     /// Leave `allow_on_headers_stop_iteration: true` out of the wasm filter's config, as every
@@ -109,7 +116,7 @@ pub fn render(p: &ConfigParams<'_>) -> String {
 }
 
 /// `render` with the extra settings of `extras`.
-pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
+pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras<'_>) -> String {
     let timeout_ms = extras.route_timeout_ms.unwrap_or(5_000);
     let route_timeout = format!("{}.{:03}s", timeout_ms / 1000, timeout_ms % 1000);
     let stop_iteration = if extras.omit_allow_on_headers_stop_iteration {
@@ -121,9 +128,10 @@ pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras) -> String {
         .per_connection_buffer_limit_bytes
         .map(|bytes| format!("    per_connection_buffer_limit_bytes: {bytes}\n"))
         .unwrap_or_default();
-    let wasm_filter = match p.plugin {
-        None => String::new(),
-        Some((json, wasm)) => format!(
+    let wasm_filter = match (extras.wasm_filter_yaml, p.plugin) {
+        (Some(filter), _) => reindent(filter, 10),
+        (None, None) => String::new(),
+        (None, Some((json, wasm))) => format!(
             r#"          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -235,7 +243,8 @@ static_resources:
         - endpoint:
             address:
               socket_address: {{ address: 127.0.0.1, port_value: {upstream} }}
-{extra_clusters}"#,
+{extra_clusters}{extra_bootstrap}"#,
+        extra_bootstrap = extras.extra_bootstrap_yaml.unwrap_or_default(),
         admin = p.admin_port,
         listener = p.listener_port,
         upstream = p.upstream_port,

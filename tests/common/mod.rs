@@ -166,6 +166,15 @@ pub struct EnvoyOptions {
     pub per_connection_buffer_limit_bytes: Option<u64>,
     /// The listener also accepts TLS on the same port ([`Envoy::https_request`]).
     pub tls: bool,
+    /// An `http_filters` entry (YAML, as at top level) in place of the api-guard wasm filter
+    /// the harness writes; `plugin_config` is then unused. In it and in `extra_files`,
+    /// `@WASM@` stands for the wasm module's path and `@DIR@` for this Envoy's temp dir.
+    pub wasm_filter_yaml: Option<String>,
+    /// Files written into the temp dir before Envoy starts: (file name, contents), e.g. the
+    /// extension config a `config_discovery` filter reads from a path.
+    pub extra_files: Vec<(String, String)>,
+    /// Top-level YAML appended to the bootstrap, e.g. `node: { id: ..., cluster: ... }`.
+    pub extra_bootstrap_yaml: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -179,6 +188,9 @@ impl Default for EnvoyOptions {
             omit_allow_on_headers_stop_iteration: false,
             per_connection_buffer_limit_bytes: None,
             tls: false,
+            wasm_filter_yaml: None,
+            extra_files: Vec::new(),
+            extra_bootstrap_yaml: None,
         }
     }
 }
@@ -253,7 +265,8 @@ impl Envoy {
     /// wasm file still panics.
     pub fn try_start(opts: EnvoyOptions) -> Result<Envoy, StartError> {
         let envoy_bin = require_envoy();
-        let wasm = opts.plugin_config.as_ref().map(|_| require_wasm());
+        let wasm =
+            (opts.plugin_config.is_some() || opts.wasm_filter_yaml.is_some()).then(require_wasm);
         let upstream = Upstream::start();
         // A port that was free a moment ago and that nothing here listens on.
         let dead_port = opts.upstream_down.then(|| free_port_pair().0);
@@ -278,10 +291,26 @@ impl Envoy {
                     omit_allow_on_headers_stop_iteration: opts.omit_allow_on_headers_stop_iteration,
                     per_connection_buffer_limit_bytes: opts.per_connection_buffer_limit_bytes,
                     tls: opts.tls,
+                    wasm_filter_yaml: opts.wasm_filter_yaml.as_deref(),
+                    extra_bootstrap_yaml: opts.extra_bootstrap_yaml.as_deref(),
                 },
             );
             let instance = INSTANCE.fetch_add(1, Ordering::SeqCst);
             let dir = make_temp_dir(instance);
+            let placeholders = |text: &str| {
+                let wasm = wasm
+                    .as_deref()
+                    .map(Path::to_string_lossy)
+                    .unwrap_or_default();
+                text.replace("@WASM@", &wasm)
+                    .replace("@DIR@", &dir.to_string_lossy())
+            };
+            let yaml = placeholders(&yaml);
+            for (name, contents) in &opts.extra_files {
+                let path = dir.join(name);
+                fs::write(&path, placeholders(contents))
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            }
             let started = Instant::now();
             match launch(
                 &envoy_bin,
