@@ -408,9 +408,10 @@ fn one_proof_sent_many_times_at_once_is_accepted_once_across_workers() {
             .collect(),
     );
     let envoy = Arc::new(envoy);
+    let mut refused_ids: Vec<Vec<String>> = Vec::new();
     for (round, proof) in minted.iter().enumerate() {
         let barrier = Arc::new(Barrier::new(COPIES));
-        let statuses: Vec<(u16, Option<String>)> = (0..COPIES)
+        let statuses: Vec<(u16, Option<String>, String)> = (0..COPIES)
             .map(|_| {
                 let (envoy, barrier) = (Arc::clone(&envoy), Arc::clone(&barrier));
                 let (authorization, proof) = (format!("DPoP {token}"), proof.clone());
@@ -427,22 +428,52 @@ fn one_proof_sent_many_times_at_once_is_accepted_once_across_workers() {
                         ],
                     );
                     let challenge = response.header("www-authenticate").map(str::to_string);
-                    (response.status, challenge)
+                    let request_id = response.header("x-request-id").unwrap_or_default();
+                    (response.status, challenge, request_id.to_string())
                 })
             })
             .collect::<Vec<_>>()
             .into_iter()
             .map(|handle| handle.join().unwrap())
             .collect();
-        let accepted = statuses.iter().filter(|(status, _)| *status == 200).count();
+        let accepted = statuses
+            .iter()
+            .filter(|(status, ..)| *status == 200)
+            .count();
         assert_eq!(
             accepted, 1,
             "round {round}: exactly one copy accepted: {statuses:?}"
         );
-        for (status, challenge) in statuses.iter().filter(|(status, _)| *status != 200) {
+        for (status, challenge, _) in statuses.iter().filter(|(status, ..)| *status != 200) {
             assert_eq!(*status, 401, "round {round}: {statuses:?}");
             assert_eq!(challenge.as_deref(), BAD_PROOF, "round {round}");
         }
+        refused_ids.push(
+            statuses
+                .into_iter()
+                .filter(|(status, ..)| *status != 200)
+                .map(|(.., id)| id)
+                .collect(),
+        );
     }
     assert_eq!(envoy.upstream_requests().len(), ROUNDS);
+
+    // Which worker refused each copy: the thread id of its security event's log line. When one
+    // round's refusals come from both workers, whichever worker accepted the proof, a copy on
+    // the other one was refused: the replay table holds across workers, not just within one.
+    let worker_of = |request_id: &str| {
+        let (_, line) = common::event_line_with_id(&envoy, "replayed copy", request_id);
+        assert!(line.contains("replayed"), "{line}");
+        common::log_thread(&line).unwrap_or_else(|| panic!("no thread in {line}"))
+    };
+    let spans_both_workers = refused_ids.iter().any(|ids| {
+        let mut workers: Vec<String> = ids.iter().map(|id| worker_of(id)).collect();
+        workers.sort();
+        workers.dedup();
+        workers.len() == 2
+    });
+    assert!(
+        spans_both_workers,
+        "no round's copies reached both workers (Envoy --concurrency 2)"
+    );
 }
