@@ -259,6 +259,11 @@ fn every_dpop_check_through_envoy() {
         let seen = common::only_upstream_request(&envoy, case);
         assert_eq!(seen.header("x-user-id"), Some("alice"), "{case}");
         assert_eq!(seen.header("authorization"), None, "{case}: token removed");
+        assert_eq!(
+            seen.header("dpop"),
+            Some(proof.as_str()),
+            "{case}: the proof goes on"
+        );
     }
     let response = over_tls(&dpop(&token), &minted[1]);
     assert_eq!(response.status, 200, "over TLS: {}", response.body_str());

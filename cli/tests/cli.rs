@@ -766,4 +766,18 @@ fn check_validates_jwt_provider_dpop() {
         "{}",
         out.stdout
     );
+    let from = r#","from":[{"header":"authorization"}]"#;
+    let path = scratch_file("dpop-no-prefix.json", &config("\"required\"", from));
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("jwt.providers[0].from[0].prefix: with \"dpop\", the authorization header"),
+        "{}",
+        out.stdout
+    );
+    // Without dpop the same source stays allowed.
+    let path = scratch_file("dpop-off-no-prefix.json", &config("\"off\"", from));
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }

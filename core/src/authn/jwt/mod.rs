@@ -685,6 +685,14 @@ fn compile_provider(
                     ));
                     continue;
                 }
+                if name == "authorization" && prefix.trim().is_empty() && p.dpop != DpopMode::Off {
+                    // It would take `DPoP <token>` whole, before the DPoP scheme is looked at.
+                    errors.push(ConfigError::new(
+                        join(&f_at, "prefix"),
+                        "with \"dpop\", the authorization header needs a scheme prefix such as \"Bearer \"",
+                    ));
+                    continue;
+                }
                 TokenSource::Header { name, prefix }
             }
             (None, Some(name), None) => {
