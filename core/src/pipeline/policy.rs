@@ -14,8 +14,8 @@
 //! 4. `match_route`: the first matching route, refused when ignoring letter case picks
 //!    another one; then `network` again for the route's `deny_ips` and `allow_ips`;
 //! 5. `declared_length`: a `Content-Length` over the route's bound is refused;
-//! 6. `authenticate`; its refusals still count against the client's rate limit, so that
-//!    brute force on a login route is throttled;
+//! 6. `authenticate` (a verified token's DPoP binding last, `check_dpop`); its refusals still
+//!    count against the client's rate limit, so that brute force on a login route is throttled;
 //! 7. `rate_limit` (after authentication, so that the principal is known);
 //! 8. `authorize`: scopes and roles (403), then the owner rule (404, never 403);
 //! 9. `forward_or_hold_body`; then [`Policy::check_body`]: webhook signature and body schema,
