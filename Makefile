@@ -27,7 +27,7 @@ DRHEADER_VERSION := 2.0.0
 DRHEADER := $(VENV)/bin/drheader
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 clean \
+.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 jwcrypto clean \
 	oci test-oci registry-tools audit
 
 toolchain:
@@ -89,8 +89,17 @@ validate: envoy
 # The HTTP/2 body tests (tests/envoy_body_hold.rs) drive Envoy with a small client over PyPI h2.
 H2_VERSION := 4.4.1
 
-test-envoy: build cli envoy h2
+test-envoy: build cli envoy h2 jwcrypto
 	cargo test -p api-guard-envoy-tests
+
+# The DPoP tests (tests/envoy_dpop.rs) mint their proofs at test time with PyPI jwcrypto: an
+# implementation of RFC 7515/7638 that is not ours.
+JWCRYPTO_VERSION := 1.6.1
+
+jwcrypto:
+	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import jwcrypto' 2>/dev/null || \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check jwcrypto==$(JWCRYPTO_VERSION)
 
 h2:
 	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)

@@ -16,7 +16,7 @@
 mod common;
 
 use base64::Engine;
-use common::{assert_envelope, event_line_with_id, unix_now, Envoy, Response};
+use common::{assert_envelope, event_line_with_id, log_thread, unix_now, Envoy, Response};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -194,13 +194,6 @@ fn assert_refusal(case: &str, response: &Response, status: u16, code: &str) {
         body.get("details").is_none(),
         "{case}: no details expected: {body}"
     );
-}
-
-/// The thread id of an Envoy log line (`[date time][thread][level][logger] ...`).
-fn log_thread(line: &str) -> Option<String> {
-    let rest = line.strip_prefix('[')?;
-    let after_time = &rest[rest.find("][")? + 2..];
-    Some(after_time[..after_time.find(']')?].to_string())
 }
 
 /// Checks the event of a refused delivery: the name, code, status and a reason containing

@@ -778,3 +778,57 @@ fn check_the_shipped_wasm_plugin_and_refuse_unsafe_ones() {
         "{all}"
     );
 }
+
+#[test]
+fn check_validates_jwt_provider_dpop() {
+    let config = |dpop: &str, from: &str| {
+        format!(
+            r#"{{"jwt":{{"providers":[{{"name":"main","issuer":"https://issuer.test",
+                "audiences":["https://api.test"],
+                "jwks":{{"inline":{{"keys":[{{"kty":"EC","crv":"P-256",
+                    "x":"netKVqWD9UqHRcdSkKFHUGuOOnb8VVM2CQ7Yl_gr_io",
+                    "y":"Y27n6B1UQ5v0tPihgSEPL_jlC1d4nWVdzppkqpr8AH0"}}]}}}},
+                "dpop":{dpop}{from}}}]}},
+              "routes":[{{"name":"api","match":{{"path_prefix":"/"}},"auth":"jwt"}}]}}"#
+        )
+    };
+    for mode in ["\"off\"", "\"optional\"", "\"required\""] {
+        let path = scratch_file("dpop-good.json", &config(mode, ""));
+        let out = run(&["check", path.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "dpop {mode}: {}{}", out.stdout, out.stderr);
+    }
+    let path = scratch_file("dpop-bad.json", &config("\"always\"", ""));
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("jwt.providers[0].dpop: unknown variant `always`"),
+        "{}",
+        out.stdout
+    );
+    // The DPoP scheme is dpop's to read: a bearer source with it is refused, with its path.
+    let from = r#","from":[{"header":"Authorization","prefix":"DPoP "}]"#;
+    let path = scratch_file("dpop-prefix.json", &config("\"optional\"", from));
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("jwt.providers[0].from[0].prefix: the DPoP scheme is read by"),
+        "{}",
+        out.stdout
+    );
+    let from = r#","from":[{"header":"authorization"}]"#;
+    let path = scratch_file("dpop-no-prefix.json", &config("\"required\"", from));
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("jwt.providers[0].from[0].prefix: with \"dpop\", the authorization header"),
+        "{}",
+        out.stdout
+    );
+    // Without dpop the same source stays allowed.
+    let path = scratch_file("dpop-off-no-prefix.json", &config("\"off\"", from));
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}

@@ -157,6 +157,14 @@ pub fn event_line_with_id(envoy: &Envoy, case: &str, request_id: &str) -> (Value
     }
 }
 
+/// The thread id of an Envoy log line (`[date time][thread][level][logger] ...`): which worker
+/// (one Wasm VM each) logged it.
+pub fn log_thread(line: &str) -> Option<String> {
+    let rest = line.strip_prefix('[')?;
+    let after_time = &rest[rest.find("][")? + 2..];
+    Some(after_time[..after_time.find(']')?].to_string())
+}
+
 /// The one security event of the request that got `response` (found by its request id).
 pub fn event_of(envoy: &Envoy, case: &str, response: &Response) -> Value {
     let request_id = response

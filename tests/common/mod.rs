@@ -35,8 +35,8 @@ pub mod idp;
 mod upstream;
 
 pub use checks::{
-    assert_envelope, bearer, claims, event_line_with_id, event_of, only_upstream_request,
-    security_events, sign, wait_for_event, EVENT_START, EVENT_WAIT,
+    assert_envelope, bearer, claims, event_line_with_id, event_of, log_thread,
+    only_upstream_request, security_events, sign, wait_for_event, EVENT_START, EVENT_WAIT,
 };
 pub use config::{
     render as render_config, render_with as render_config_with, yaml_quote, ConfigParams,

@@ -53,15 +53,19 @@ impl CredentialLocations {
             }
         };
         for source in jwt.map(|j| j.sources.as_slice()).unwrap_or_default() {
-            match source {
-                TokenSource::Header { name, prefix } => {
+            match source.header() {
+                Some((name, prefix)) => {
                     let scheme = prefix.trim();
                     add(Location::Header {
-                        name: name.clone(),
+                        name: name.to_string(),
                         scheme: (!scheme.is_empty()).then(|| scheme.to_string()),
                     });
                 }
-                TokenSource::Cookie { name } => add(Location::Cookie { name: name.clone() }),
+                None => {
+                    if let TokenSource::Cookie { name } = source {
+                        add(Location::Cookie { name: name.clone() });
+                    }
+                }
             }
         }
         if let Some(keys) = api_keys {
@@ -93,7 +97,7 @@ impl CredentialLocations {
             match location {
                 Location::Header { name, scheme } => {
                     let kept_here =
-                        matches!(kept, Some(TokenSource::Header { name: k, .. }) if k == name);
+                        kept.and_then(TokenSource::header).map(|(k, _)| k) == Some(name.as_str());
                     if kept_here || removal.remove_headers.contains(name) {
                         continue;
                     }

@@ -14,8 +14,8 @@
 //! 4. `match_route`: the first matching route, refused when ignoring letter case picks
 //!    another one; then `network` again for the route's `deny_ips` and `allow_ips`;
 //! 5. `declared_length`: a `Content-Length` over the route's bound is refused;
-//! 6. `authenticate`; its refusals still count against the client's rate limit, so that
-//!    brute force on a login route is throttled;
+//! 6. `authenticate` (a verified token's DPoP binding last, `check_dpop`); its refusals still
+//!    count against the client's rate limit, so that brute force on a login route is throttled;
 //! 7. `rate_limit` (after authentication, so that the principal is known);
 //! 8. `authorize`: scopes and roles (403), then the owner rule (404, never 403);
 //! 9. `forward_or_hold_body`; then [`Policy::check_body`]: webhook signature and body schema,
@@ -27,10 +27,13 @@
 
 use crate::authn::api_keys::{credentials_in_query, query_has_parameter, ApiKey, ApiKeys};
 use crate::authn::credentials::CredentialLocations;
+use crate::authn::dpop::{self, BindingRefusal, ProofTarget};
 use crate::authn::jwt::cache::TokenCache;
 use crate::authn::jwt::remote::{self, RemoteKeys, WaitTicket};
 use crate::authn::jwt::verifier::SignatureVerifier;
-use crate::authn::jwt::{JwtAuth, JwtFailure, KeyNotFound, VerifiedToken, VerifyError};
+use crate::authn::jwt::{
+    FoundToken, JwtAuth, JwtFailure, KeyNotFound, TokenSource, VerifiedToken, VerifyError,
+};
 use crate::authz::{Identity, OwnerRule, Requirement};
 use crate::body::replay::{replay_key_prefix, SharedReplayTable};
 use crate::body::schema::BodySchema;
@@ -46,7 +49,8 @@ use crate::request::routes::{normalize_path_with, CompiledMatch, PathParams};
 use crate::response::cors::{request_origin, Cors, PreflightOutcome, OWNED_RESPONSE_HEADERS};
 use crate::response::error_rewrite::{BodySample, ErrorRewrite, ResponseOrigin};
 use crate::response::reply::{
-    envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_TOKEN, CHALLENGE_NO_TOKEN,
+    envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_DPOP_PROOF, CHALLENGE_BAD_TOKEN,
+    CHALLENGE_NO_TOKEN,
 };
 use crate::response::security_headers::SecurityHeaders;
 use crate::support::events::SecurityEvent;
@@ -562,18 +566,8 @@ impl Policy {
     /// operator says a proxy Envoy trusts terminated TLS in front of it (`trust_forwarded_proto`),
     /// since any client can send the header.
     fn transport(&self, head: &RequestHead) -> Result<(), Refusal> {
-        if self.require_tls == RequireTls::Off || head.over_tls() {
+        if self.require_tls == RequireTls::Off || self.arrived_over_https(head) {
             return Ok(());
-        }
-        if self.trust_forwarded_proto {
-            let mut protos = head.header_values("x-forwarded-proto");
-            // One value, exactly `https`: a list (`http, https`) names several hops, and the
-            // nearest one is what Envoy's trusted hop said.
-            if let (Some(proto), None) = (protos.next(), protos.next()) {
-                if proto.trim().eq_ignore_ascii_case("https") {
-                    return Ok(());
-                }
-            }
         }
         let request_id = head.request_id.as_str();
         let redirectable = matches!(head.method.as_str(), "GET" | "HEAD")
@@ -597,6 +591,24 @@ impl Policy {
             "tls_required",
             "request not over TLS",
         ))
+    }
+
+    /// Whether the request came over TLS: on the connection Envoy saw, or, when the operator
+    /// says a proxy Envoy trusts terminated TLS in front of it (`trust_forwarded_proto`), as
+    /// that proxy's `x-forwarded-proto` says. The scheme a DPoP proof's `htu` must name.
+    fn arrived_over_https(&self, head: &RequestHead) -> bool {
+        if head.over_tls() {
+            return true;
+        }
+        if self.trust_forwarded_proto {
+            let mut protos = head.header_values("x-forwarded-proto");
+            // One value, exactly `https`: a list (`http, https`) names several hops, and the
+            // nearest one is what Envoy's trusted hop said.
+            if let (Some(proto), None) = (protos.next(), protos.next()) {
+                return proto.trim().eq_ignore_ascii_case("https");
+            }
+        }
+        false
     }
 
     /// Screen: what no route may see. An unreadable head, a path that cannot be normalised
@@ -935,6 +947,8 @@ impl Policy {
                         return Err(self.key_not_found(jwt, missing, env, request_id))
                     }
                 };
+                self.check_dpop(jwt, found, &verified, env, work.head)
+                    .map_err(|refusal| dpop_refusal(request_id, refusal))?;
                 work.forward
                     .set_headers
                     .extend(verified.upstream_headers.iter().cloned());
@@ -970,6 +984,54 @@ impl Policy {
         };
         work.principal = authenticated.principal();
         Ok(authenticated)
+    }
+
+    /// The token's DPoP binding (RFC 9449), after its signature and claims verified: a bound
+    /// or `required` provider's token never passes as a bearer token, and one presented as
+    /// `Authorization: DPoP` needs its proof, for this request as Envoy received it.
+    fn check_dpop(
+        &self,
+        jwt: &JwtAuth,
+        found: FoundToken<'_>,
+        verified: &VerifiedToken,
+        env: &RequestEnv<'_>,
+        head: &RequestHead,
+    ) -> Result<(), BindingRefusal> {
+        let Some(provider) = jwt.providers.get(verified.provider) else {
+            return Err(BindingRefusal {
+                proof_at_fault: false,
+                reason: "provider index",
+            });
+        };
+        if jwt.sources.get(found.source) != Some(&TokenSource::Dpop) {
+            return dpop::check_bearer(provider.dpop, &verified.claims);
+        }
+        let replay = SharedReplayTable::new(
+            env.shared,
+            dpop::REPLAY_KEY_PREFIX.to_string(),
+            dpop::REPLAY_SLOT_COUNT,
+            crate::body::replay::DEFAULT_ENTRIES_PER_SLOT,
+        );
+        let target = ProofTarget {
+            method: &head.method,
+            scheme: if self.arrived_over_https(head) {
+                "https"
+            } else {
+                "http"
+            },
+            authority: &head.authority,
+            path: &head.path,
+            access_token: found.token,
+        };
+        dpop::check_proof(
+            &verified.claims,
+            &mut head.header_values(dpop::DPOP_HEADER),
+            &target,
+            env.now_seconds(),
+            provider.clock_skew_seconds,
+            env.verifier,
+            &replay,
+        )
     }
 
     /// A remote provider has no key for the token: wait for the keys when they may still come
@@ -1317,6 +1379,22 @@ fn jwt_refusal(request_id: &str) -> impl Fn(JwtFailure) -> Refusal + '_ {
             reason,
         )
     }
+}
+
+/// A refused DPoP binding: the proof's own fault gets RFC 9449's challenge, the rest the usual
+/// `invalid_token` answer.
+fn dpop_refusal(request_id: &str, refusal: BindingRefusal) -> Refusal {
+    let challenge = if refusal.proof_at_fault {
+        CHALLENGE_BAD_DPOP_PROOF
+    } else {
+        CHALLENGE_BAD_TOKEN
+    };
+    Refusal::new(
+        LocalReply::new(ErrorCode::InvalidToken, request_id)
+            .with_header("www-authenticate", challenge),
+        "auth_failure",
+        format!("dpop: {}", refusal.reason),
+    )
 }
 
 fn api_key_refusal(request_id: &str, reason: &str) -> Refusal {

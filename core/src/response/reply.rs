@@ -134,6 +134,8 @@ pub struct LocalReply {
 /// RFC 6750 section 3: a challenge without `error` when no token came, with it when one did.
 pub const CHALLENGE_NO_TOKEN: &str = "Bearer realm=\"api\"";
 pub const CHALLENGE_BAD_TOKEN: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
+/// RFC 9449 section 7.1: the DPoP proof (not the token) is at fault.
+pub const CHALLENGE_BAD_DPOP_PROOF: &str = "DPoP error=\"invalid_dpop_proof\"";
 
 /// Headers that travel with every envelope body, whoever produced it. `no-store`: the body holds
 /// the request id, so a cached copy would hand one request's id to another client.

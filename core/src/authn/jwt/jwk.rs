@@ -74,7 +74,7 @@ impl Jwk {
 
 /// Members that only a private key has. A JWKS in a gateway's config must never hold them: if
 /// it does, the signing key has leaked into a config file.
-const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
+pub const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
 
 /// Compiles a JWKS object (`{"keys": [...]}`) found at JSON path `at`.
 pub fn parse_jwks(jwks: &Value, at: &str) -> Result<Vec<Jwk>, Vec<ConfigError>> {

@@ -10,6 +10,7 @@ pub mod remote;
 pub mod token;
 pub mod verifier;
 
+use crate::authn::dpop::{DpopMode, DPOP_SCHEME};
 use crate::config::error::{index, join, ConfigError};
 use crate::request::head::RequestHead;
 use alg::{Alg, KeyFamily};
@@ -50,6 +51,9 @@ pub struct ProviderConfig {
     pub claims_to_headers: Vec<ClaimToHeaderConfig>,
     #[serde(default)]
     pub forward_token: bool,
+    /// RFC 9449 sender-constrained tokens (`authn::dpop`).
+    #[serde(default)]
+    pub dpop: DpopMode,
 }
 
 fn default_clock_skew() -> u64 {
@@ -96,6 +100,20 @@ pub enum TokenSource {
     Cookie {
         name: String,
     },
+    /// `Authorization: DPoP <token>` (RFC 9449 section 7.1), read for the providers whose
+    /// `dpop` is not `off`; the token counts only with a valid proof (`authn::dpop`).
+    Dpop,
+}
+
+impl TokenSource {
+    /// The header and scheme prefix this source reads (`None` for a cookie).
+    pub fn header(&self) -> Option<(&str, &str)> {
+        match self {
+            TokenSource::Header { name, prefix } => Some((name, prefix)),
+            TokenSource::Dpop => Some(("authorization", "DPoP ")),
+            TokenSource::Cookie { .. } => None,
+        }
+    }
 }
 
 pub struct Provider {
@@ -114,6 +132,7 @@ pub struct Provider {
     pub sources: Vec<usize>,
     pub claims_to_headers: Vec<(String, String)>,
     pub forward_token: bool,
+    pub dpop: DpopMode,
 }
 
 impl Provider {
@@ -273,7 +292,10 @@ impl JwtAuth {
     ) -> Result<Option<FoundToken<'r>>, JwtFailure> {
         for (source_index, source) in self.sources.iter().enumerate() {
             match source {
-                TokenSource::Header { name, prefix } => {
+                TokenSource::Header { .. } | TokenSource::Dpop => {
+                    let Some((name, prefix)) = source.header() else {
+                        continue;
+                    };
                     let mut values = head.header_values(name);
                     let Some(value) = values.next() else { continue };
                     if values.next().is_some() {
@@ -655,10 +677,23 @@ fn compile_provider(
                     ));
                     continue;
                 }
-                TokenSource::Header {
-                    name,
-                    prefix: prefix.clone().unwrap_or_default(),
+                let prefix = prefix.clone().unwrap_or_default();
+                if name == "authorization" && prefix.trim().eq_ignore_ascii_case(DPOP_SCHEME) {
+                    errors.push(ConfigError::new(
+                        join(&f_at, "prefix"),
+                        "the DPoP scheme is read by \"dpop\": \"optional\" or \"required\", never as a bearer token",
+                    ));
+                    continue;
                 }
+                if name == "authorization" && prefix.trim().is_empty() && p.dpop != DpopMode::Off {
+                    // It would take `DPoP <token>` whole, before the DPoP scheme is looked at.
+                    errors.push(ConfigError::new(
+                        join(&f_at, "prefix"),
+                        "with \"dpop\", the authorization header needs a scheme prefix such as \"Bearer \"",
+                    ));
+                    continue;
+                }
+                TokenSource::Header { name, prefix }
             }
             (None, Some(name), None) => {
                 if name.is_empty()
@@ -696,6 +731,16 @@ fn compile_provider(
         if !provider_sources.contains(&source_index) {
             provider_sources.push(source_index);
         }
+    }
+    if p.dpop != DpopMode::Off {
+        let source_index = match sources.iter().position(|s| *s == TokenSource::Dpop) {
+            Some(existing) => existing,
+            None => {
+                sources.push(TokenSource::Dpop);
+                sources.len() - 1
+            }
+        };
+        provider_sources.push(source_index);
     }
     let mut claims_to_headers = Vec::new();
     let c2h_at = join(at, "claims_to_headers");
@@ -749,5 +794,6 @@ fn compile_provider(
         sources: provider_sources,
         claims_to_headers,
         forward_token: p.forward_token,
+        dpop: p.dpop,
     })
 }
