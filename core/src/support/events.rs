@@ -125,17 +125,19 @@ pub fn summary_json(suppressed: u64) -> String {
 }
 
 /// Writes `event` as one JSON line, within `budget` (`None`: the budget cannot be consulted, and
-/// the line is written). A line is only formatted when its level is enabled.
-pub fn log_event(budget: Option<&mut EventBudget>, now_ms: u64, event: &SecurityEvent) {
+/// the line is written). A line is only formatted when its level is enabled. False when the
+/// budget dropped it (`api_guard_events_dropped_total`).
+pub fn log_event(budget: Option<&mut EventBudget>, now_ms: u64, event: &SecurityEvent) -> bool {
     let admission = budget.map_or(Admission::Log, |budget| budget.admit(now_ms));
     match admission {
-        Admission::Suppress => {}
+        Admission::Suppress => return false,
         Admission::Log => log::log!(event.level(), "{}", event.to_json()),
         Admission::LogAfterSummary { suppressed } => {
             log::warn!("{}", summary_json(suppressed));
             log::log!(event.level(), "{}", event.to_json());
         }
     }
+    true
 }
 
 #[cfg(test)]
