@@ -8,7 +8,8 @@
 //!   known traffic on every kind of route; every `api_guard_requests_total` series moves by
 //!   exactly what was sent (the others by nothing), and so do rate limits, the token cache,
 //!   webhook verifications, JWKS fetches and keys; the families have their `# TYPE`; events over
-//!   `events.max_per_second` are counted exactly as the lines missing from the log.
+//!   `events.max_per_second` are counted exactly as the lines missing from the log;
+//!   `events.auth_success: "all"` logs each authenticated request allowed.
 //! - `a_refused_configuration_shows_and_fails_closed`
 //! - `prometheus_scrapes_the_series_with_their_labels` (`#[ignore]`, `make test-prometheus`):
 //!   Debian's `prometheus` on loopback scrapes the admin endpoint every second and is asked
@@ -120,7 +121,7 @@ fn plugin_config() -> String {
             "single": { "requests": 1, "window_seconds": 31536000, "key": "header:x-client" }
         },
         "webhooks": { "github": { "scheme": "github", "secrets": [WEBHOOK_SECRET] } },
-        "events": { "max_per_second": 2 },
+        "events": { "max_per_second": 2, "auth_success": "all" },
         "routes": [
             { "name": "health", "match": { "path_exact": "/healthz" }, "auth": "none" },
             { "name": "api", "match": { "path_prefix": "/api/" }, "auth": "jwt" },
@@ -207,6 +208,8 @@ fn decisions_show_as_exact_deltas_per_series() {
     }
     assert_eq!(envoy.request("GET", "/api/docs", &[]).status, 401);
     let bearer = format!("Bearer {}", token());
+    // A fresh second of the event budget (two a second) for the two auth_success events.
+    thread::sleep(Duration::from_millis(1100));
     for _ in 0..2 {
         let response = envoy.request("GET", "/api/docs", &[("authorization", &bearer)]);
         assert_eq!(response.status, 200);
@@ -241,6 +244,29 @@ fn decisions_show_as_exact_deltas_per_series() {
         )
         .unwrap();
     assert_eq!(good.status, 200, "{}", good.body_str());
+
+    // `events.auth_success: "all"`: each authenticated request that was allowed is logged, with
+    // its provider and principal (never the token).
+    let deadline = Instant::now() + WAIT;
+    let successes = loop {
+        let successes: Vec<Value> = security_events(&envoy)
+            .into_iter()
+            .filter(|e| e["event"] == "auth_success")
+            .collect();
+        if successes.len() >= 2 || Instant::now() >= deadline {
+            break successes;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(successes.len(), 2, "{successes:?}");
+    for event in &successes {
+        assert_eq!(
+            (&event["route"], &event["provider"], &event["principal"]),
+            (&json!("api"), &json!("main"), &json!("alice")),
+            "{event}"
+        );
+        assert!(!event.to_string().contains(&bearer[7..]));
+    }
 
     let after = Scrape::of(&envoy);
     let mut expected: BTreeMap<String, f64> = [

@@ -130,7 +130,7 @@ impl FakeEnvoy {
         for command in step.commands {
             match command {
                 Command::Count(tally) => self.counted.extend(tally.ids()),
-                Command::LogEvent(event) => self.events.push(event),
+                Command::LogEvent(event) => self.events.push(*event),
                 Command::LogFailure(why) => self.failures.push(why),
                 Command::EditRequest(_) => self.edits += 1,
                 Command::PrependRequestBody(bytes) => {

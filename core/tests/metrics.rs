@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "https://api.test";
 const NOW_S: u64 = 1_800_000_000;
+const READER_KEY: &str = "ag_test_reader-0000000000000000";
 
 fn repo_file(path: &str) -> String {
     let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
@@ -34,15 +35,25 @@ fn key(name: &str) -> Value {
 }
 
 fn policy(mode: &str) -> Policy {
+    policy_with(mode, json!({}))
+}
+
+fn policy_with(mode: &str, events: Value) -> Policy {
     let config = json!({
         "mode": mode,
+        "events": events,
         "jwt": { "providers": [{
             "name": "main", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
             "jwks": { "inline": { "keys": [mint::public_jwk(&key("p256"))] } }
         }]},
         "rate_limits": { "per-minute": { "requests": 1, "window_seconds": 60, "key": "ip" } },
+        "api_keys": { "keys": [
+            { "id": "reader", "prefix": "ag_test_reader-",
+              "sha256": api_guard_core::authn::api_keys::key_sha256_hex(READER_KEY) }
+        ]},
         "routes": [
             { "name": "public docs", "match": { "path_prefix": "/public/" }, "auth": "none" },
+            { "name": "keyed", "match": { "path_prefix": "/keyed/" }, "auth": "api_key" },
             { "name": "api", "match": { "path_prefix": "/api/" }, "auth": "jwt",
               "rate_limit": "per-minute" }
         ]
@@ -77,12 +88,12 @@ fn a_policy_defines_every_series_once_with_bounded_label_values() {
     let definitions = policy.metrics.definitions();
     let names: BTreeSet<&str> = definitions.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names.len(), definitions.len(), "series names are unique");
-    // Two routes and the unmatched slot, each: allowed ok, refused and reported per code.
+    // Three routes and the unmatched slot, each: allowed ok, refused and reported per code.
     let requests = definitions
         .iter()
         .filter(|d| d.name.starts_with("api_guard_requests_total."))
         .count();
-    assert_eq!(requests, 3 * (1 + 2 * ErrorCode::ALL.len()));
+    assert_eq!(requests, 4 * (1 + 2 * ErrorCode::ALL.len()));
     // Configured names keep only characters the tag regexes and Prometheus accept.
     assert!(names.contains("api_guard_requests_total.route.public_docs.decision.allowed.code.ok"));
     assert!(names.contains("api_guard_rate_limit_total.limit.per-minute.result.limited"));
@@ -111,7 +122,7 @@ fn a_policy_defines_every_series_once_with_bounded_label_values() {
     for (decision, code) in metrics::request_series() {
         let error = ErrorCode::ALL.iter().copied().find(|c| c.code() == code);
         assert_eq!(
-            name(policy.metrics.request(Some(1), decision, error)),
+            name(policy.metrics.request(Some(2), decision, error)),
             format!(
                 "api_guard_requests_total.route.api.decision.{}.code.{code}",
                 decision.name()
@@ -362,4 +373,85 @@ fn every_alert_rule_names_exported_series() {
     assert!(exprs.len() >= 4, "the rules are there: {exprs:?}");
     check_exprs("deploy/prometheus/api-guard-alerts.yaml", &exprs);
     let _ = MetricKind::Counter;
+}
+
+fn bearer() -> String {
+    let claims = json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "alice",
+                         "iat": NOW_S, "exp": NOW_S + 600 });
+    format!(
+        "Bearer {}",
+        mint::sign(&key("p256"), Alg::ES256, claims.as_object().unwrap()).unwrap()
+    )
+}
+
+#[test]
+fn auth_success_events_are_off_by_default_all_or_one_in_n() {
+    let bearer = bearer();
+    let mut host = TestHost::new(NOW_S);
+    let off = policy("enforce");
+    let decision = send(&off, &mut host, "/keyed/a", &[("x-api-key", READER_KEY)]);
+    assert!(decision.auth_event.is_none() && decision.event.is_none());
+
+    let all = policy_with("enforce", json!({ "auth_success": "all" }));
+    let decision = send(&all, &mut host, "/keyed/a", &[("x-api-key", READER_KEY)]);
+    let event = decision.auth_event.unwrap();
+    assert_eq!(
+        (
+            event.event,
+            event.code,
+            event.route.as_deref(),
+            event.principal.as_deref()
+        ),
+        ("auth_success", "allowed", Some("keyed"), Some("reader"))
+    );
+    assert_eq!(
+        (event.provider, event.key_id.as_deref()),
+        (None, Some("reader"))
+    );
+    let json: Value = serde_json::from_str(&decision_json(&all, &mut host, &bearer)).unwrap();
+    assert_eq!(json["provider"], "main");
+    assert_eq!(json["principal"], "alice");
+    assert!(json.get("key_id").is_none(), "{json}");
+    assert!(!json.to_string().contains(&bearer[7..]), "never the token");
+    // A refused request logs its refusal, not a success (the limit allows one per minute).
+    let decision = send(&all, &mut host, "/api/a", &[("authorization", &bearer)]);
+    assert!(decision.auth_event.is_none());
+    assert_eq!(decision.event.unwrap().event, "rate_limited");
+
+    let sampled = policy_with("enforce", json!({ "auth_success": { "sample": 3 } }));
+    let logged: Vec<bool> = (0..6)
+        .map(|_| {
+            send(
+                &sampled,
+                &mut host,
+                "/keyed/a",
+                &[("x-api-key", READER_KEY)],
+            )
+            .auth_event
+            .is_some()
+        })
+        .collect();
+    assert_eq!(logged, [true, false, false, true, false, false]);
+}
+
+fn decision_json(policy: &Policy, host: &mut TestHost, bearer: &str) -> String {
+    let decision = send(policy, host, "/api/a", &[("authorization", bearer)]);
+    decision.auth_event.unwrap().to_json()
+}
+
+#[test]
+fn auth_success_is_validated_with_its_path() {
+    let config = json!({ "events": { "auth_success": "sometimes" },
+                         "routes": [{ "name": "a", "match": { "path_prefix": "/" }, "auth": "none" }] });
+    let errors = config::load(config.to_string().as_bytes()).err().unwrap();
+    assert!(
+        errors[0].path.starts_with("events.auth_success"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0]
+            .message
+            .contains("\"off\", \"all\" or {\"sample\": N}"),
+        "{errors:?}"
+    );
 }

@@ -55,7 +55,7 @@ pub enum Command {
     /// configure time).
     Count(Tally),
     /// Write this security event (within the worker's budget of event lines).
-    LogEvent(SecurityEvent),
+    LogEvent(Box<SecurityEvent>),
     /// Log why the request fails closed.
     LogFailure(String),
     /// Change the request's headers before it goes upstream.
@@ -519,7 +519,10 @@ impl HttpFlow {
             step.commands.push(Command::Count(decision.tally));
         }
         if let Some(event) = decision.event {
-            step.commands.push(Command::LogEvent(event));
+            step.commands.push(Command::LogEvent(Box::new(event)));
+        }
+        if let Some(event) = decision.auth_event {
+            step.commands.push(Command::LogEvent(Box::new(event)));
         }
         self.response = decision.response;
         match decision.verdict {
@@ -680,7 +683,7 @@ impl HttpFlow {
         let (event, outcome) = flow::body_over_limit(policy, &self.response, held.is_some());
         let step = Step::pauses()
             .with(Command::Count(policy.body_too_large_tally(&self.response)))
-            .with(Command::LogEvent(event));
+            .with(Command::LogEvent(Box::new(event)));
         match (outcome, held) {
             (BodyOverLimit::Reply(reply), _) => step.then(self.answer(Some(policy), &reply)),
             (BodyOverLimit::Proceed { restore_held_body }, held) => {

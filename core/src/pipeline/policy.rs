@@ -49,11 +49,12 @@ use crate::response::reply::{
     envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_TOKEN, CHALLENGE_NO_TOKEN,
 };
 use crate::response::security_headers::SecurityHeaders;
-use crate::support::events::SecurityEvent;
+use crate::support::events::{AuthSuccess, SecurityEvent};
 use crate::support::metrics::{
     DecisionLabel, MetricsPlan, RateLimitResult, Tally, WebhookResult, TOKEN_CACHE_HIT_ID,
     TOKEN_CACHE_MISS_ID,
 };
+use std::cell::Cell;
 use std::rc::Rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +143,9 @@ pub struct Policy {
     pub trust_forwarded_proto: bool,
     /// Every metric series this policy can produce, and which one a decision counts.
     pub metrics: MetricsPlan,
+    /// Authenticated requests this worker allowed, for `events.auth_success` sampling (the
+    /// policy is per VM, so this is per worker).
+    pub auth_successes: Cell<u64>,
 }
 
 /// `require_tls`: what a request that did not arrive over TLS gets.
@@ -252,6 +256,8 @@ pub struct Decision {
     pub response: ResponseContext,
     /// The counters the decision increments (its outcome, rate limit, cache lookup, webhook).
     pub tally: Tally,
+    /// An `auth_success` event (`events.auth_success`), logged after `event`.
+    pub auth_event: Option<SecurityEvent>,
 }
 
 /// A refusal with what its security event needs.
@@ -349,6 +355,15 @@ struct Work<'h, 'p> {
     kept_credential: Option<usize>,
     /// What the decision counts so far (the outcome is added last).
     tally: Tally,
+    /// Who authenticated how, for an `auth_success` event.
+    authenticated_by: Option<AuthenticatedBy>,
+}
+
+/// What an `auth_success` event names: the provider whose token verified, the key's id.
+#[derive(Debug, Clone)]
+struct AuthenticatedBy {
+    provider: Option<String>,
+    key_id: Option<String>,
 }
 
 impl Policy {
@@ -370,6 +385,7 @@ impl Policy {
             allow_event: None,
             kept_credential: None,
             tally: Tally::default(),
+            authenticated_by: None,
         };
         self.remove_spoofable_headers(head, &mut work.forward);
         let outcome = self.decide(&mut work, env);
@@ -454,11 +470,18 @@ impl Policy {
                     .allow_event
                     .clone()
                     .map(|(name, reason)| self.event(ctx, name, "allowed", 200, reason));
+                let auth_event = match (&verdict, work.authenticated_by.take()) {
+                    (Verdict::Allow(_) | Verdict::NeedBody { .. }, Some(by)) => {
+                        self.auth_success_event(ctx, by)
+                    }
+                    _ => None,
+                };
                 Decision {
                     verdict,
                     event,
                     response: work.response,
                     tally,
+                    auth_event,
                 }
             }
             Err(refusal) => {
@@ -491,6 +514,7 @@ impl Policy {
                     event: Some(event),
                     response: work.response,
                     tally,
+                    auth_event: None,
                 }
             }
         }
@@ -515,9 +539,37 @@ impl Policy {
             path: ctx.event_base.path.clone(),
             client: ctx.event_base.client.clone(),
             principal: ctx.event_base.principal.clone(),
+            provider: None,
+            key_id: None,
             request_id: ctx.request_id.clone(),
             reason,
         }
+    }
+
+    /// The `auth_success` event of an allowed, authenticated request, when
+    /// `events.auth_success` logs this one (all, or one in N on this worker).
+    fn auth_success_event(
+        &self,
+        ctx: &ResponseContext,
+        by: AuthenticatedBy,
+    ) -> Option<SecurityEvent> {
+        if self.events.auth_success == AuthSuccess::Off {
+            return None;
+        }
+        let seen = self.auth_successes.get().wrapping_add(1);
+        self.auth_successes.set(seen);
+        if !self.events.auth_success.logs(seen) {
+            return None;
+        }
+        let reason = match (&by.provider, &by.key_id) {
+            (Some(_), Some(_)) => "jwt and api key verified",
+            (Some(_), None) => "jwt verified",
+            _ => "api key verified",
+        };
+        let mut event = self.event(ctx, "auth_success", "allowed", 200, reason.into());
+        event.provider = by.provider;
+        event.key_id = by.key_id;
+        Some(event)
     }
 
     /// A streamed request body went over the route's `max_body_bytes`: the event, and the reply
@@ -1036,6 +1088,16 @@ impl Policy {
             (None, None) => return Err(unauthorized("no credential").into()),
         };
         work.principal = authenticated.principal();
+        if self.events.auth_success != AuthSuccess::Off {
+            let provider = authenticated.token().and_then(|token| {
+                let jwt = self.jwt.as_ref()?;
+                Some(jwt.providers.get(token.provider)?.name.clone())
+            });
+            work.authenticated_by = Some(AuthenticatedBy {
+                provider,
+                key_id: authenticated.api_key().map(|key| key.id.clone()),
+            });
+        }
         Ok(authenticated)
     }
 
@@ -1171,6 +1233,7 @@ impl Policy {
             allow_event: None,
             kept_credential: None,
             tally: Tally::default(),
+            authenticated_by: None,
         };
         let outcome = self
             .decide_body(head, check, body, env, &mut work.tally)
