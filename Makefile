@@ -28,7 +28,7 @@ DRHEADER := $(VENV)/bin/drheader
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 jwcrypto clean \
-	oci test-oci registry-tools audit
+	oci test-oci registry-tools audit prometheus-bin test-rules test-prometheus prometheus
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -72,8 +72,9 @@ run: build envoy cli
 	exec "$(ENVOY)" -c envoy/demo.yaml --concurrency 2 --log-level info --disable-hot-restart
 
 ## test: native tests of the core, validation of every Envoy config, real-Envoy integration tests,
-## the real-browser CORS test, the header scan and the OCI image through a real registry
-test: build envoy test-native validate test-envoy test-browser test-oci
+## the alert rules under promtool, a real Prometheus scraping Envoy, the real-browser CORS test,
+## the header scan and the OCI image through a real registry
+test: build envoy test-native validate test-envoy test-rules test-prometheus test-browser test-oci
 
 ## test-native: every host-free test: the core's unit and native tests (fake clock, in-memory
 ## store, attack tables, Wycheproof, the JSON Schema suite, the fuzz corpora) and the CLI's
@@ -105,6 +106,39 @@ h2:
 	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
 	@$(VENV)/bin/python -c 'import h2' 2>/dev/null || \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check h2==$(H2_VERSION)
+
+# Debian's prometheus package (Prometheus 2.42, and promtool with it).
+PROMETHEUS ?= /usr/bin/prometheus
+PROMTOOL ?= /usr/bin/promtool
+export PROMETHEUS PROMTOOL
+
+## prometheus-bin: Debian's prometheus and promtool (apt-get when missing)
+prometheus-bin:
+	@{ test -x "$(PROMETHEUS)" && test -x "$(PROMTOOL)"; } || { \
+		echo "installing Debian's prometheus (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@{ test -x "$(PROMETHEUS)" && test -x "$(PROMTOOL)"; } || { echo "prometheus/promtool not found at $(PROMETHEUS), $(PROMTOOL)" >&2; exit 1; }
+
+## test-rules: the alert rules (deploy/prometheus/api-guard-alerts.yaml) checked and unit-tested
+## by promtool against deploy/prometheus/api-guard-alerts.test.yaml
+test-rules: prometheus-bin
+	$(PROMTOOL) check rules deploy/prometheus/api-guard-alerts.yaml
+	cd deploy/prometheus && $(PROMTOOL) test rules api-guard-alerts.test.yaml
+
+## test-prometheus: a real Prometheus on loopback scrapes an Envoy running the filter and is asked,
+## through its HTTP API, for the series with their labels (an #[ignore]d test of
+## tests/envoy_metrics.rs, run here with the binary it needs)
+test-prometheus: build envoy prometheus-bin
+	cargo test -p api-guard-envoy-tests --test envoy_metrics -- --ignored
+
+## prometheus: Prometheus on http://127.0.0.1:9090 scraping the demo's admin (start `make run`
+## first), with the alert rules loaded; its data goes to target/prometheus-demo
+prometheus: prometheus-bin
+	@mkdir -p target/prometheus-demo
+	@echo "Prometheus on http://127.0.0.1:9090 (try: api_guard_requests_total); Ctrl-C stops it"
+	exec $(PROMETHEUS) --config.file=deploy/prometheus/demo-prometheus.yml \
+		--storage.tsdb.path=target/prometheus-demo --web.listen-address=127.0.0.1:9090
 
 ## chromium: Debian's chromium at $(CHROMIUM) (apt-get when missing)
 chromium:

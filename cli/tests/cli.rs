@@ -267,6 +267,29 @@ fn check_a_good_and_a_bad_json_config() {
 }
 
 #[test]
+fn check_validates_events_auth_success() {
+    let route = r#"{"name":"health","match":{"path_exact":"/healthz"},"auth":"none"}"#;
+    for (value, ok) in [
+        (r#""off""#, true),
+        (r#""all""#, true),
+        (r#"{"sample":100}"#, true),
+        (r#""sometimes""#, false),
+        (r#"{"sample":0}"#, false),
+    ] {
+        let config = format!(r#"{{"events":{{"auth_success":{value}}},"routes":[{route}]}}"#);
+        let out = run_with_stdin(&["check", "-"], &config);
+        assert_eq!(out.code, if ok { 0 } else { 1 }, "{value}: {}", out.stdout);
+        if !ok {
+            assert!(
+                out.stdout.contains("events.auth_success"),
+                "{value}: {}",
+                out.stdout
+            );
+        }
+    }
+}
+
+#[test]
 fn check_an_envoy_yaml_with_a_bad_plugin_config() {
     let demo = std::fs::read_to_string(Path::new(CRATE).join("envoy/demo.yaml")).unwrap();
     // The public route (routes[3]) names a rate limit that does not exist.

@@ -14,7 +14,9 @@ use api_guard_core::pipeline::http_flow::{
 };
 use api_guard_core::pipeline::policy::{Decision, Policy, RequestEnv};
 use api_guard_core::request::head::RequestHead;
+use api_guard_core::response::reply::ErrorCode;
 use api_guard_core::support::events::SecurityEvent;
+use api_guard_core::support::metrics::{DecisionLabel, MetricId, FAIL_CLOSED_ID};
 use api_guard_core::support::mint;
 use api_guard_core::support::test_env::TestHost;
 use serde_json::{json, Value};
@@ -104,6 +106,8 @@ struct FakeEnvoy {
     watching: bool,
     waiting_for_keys: bool,
     failures: Vec<String>,
+    /// The counters the adapter incremented.
+    counted: Vec<MetricId>,
 }
 
 impl FakeEnvoy {
@@ -120,6 +124,7 @@ impl FakeEnvoy {
             watching: false,
             waiting_for_keys: false,
             failures: Vec::new(),
+            counted: Vec::new(),
         }
     }
 
@@ -127,7 +132,8 @@ impl FakeEnvoy {
     fn execute(&mut self, step: Step) -> Next {
         for command in step.commands {
             match command {
-                Command::LogEvent(event) => self.events.push(event),
+                Command::Count(tally) => self.counted.extend(tally.ids()),
+                Command::LogEvent(event) => self.events.push(*event),
                 Command::LogFailure(why) => self.failures.push(why),
                 Command::EditRequest(_) => self.edits += 1,
                 Command::PrependRequestBody(bytes) => {
@@ -581,4 +587,55 @@ fn an_upstream_error_body_is_replaced_by_the_envelope_as_it_streams() {
             .on_response_body(&stream.policy, None, 3, true, &mut stream.envoy),
         ResponseChunk::Pass
     ));
+}
+
+#[test]
+fn a_request_is_counted_once_when_it_is_decided() {
+    // A held body: nothing at the headers, the outcome once the body is checked.
+    let mut stream = Stream::new(inline_policy("enforce"));
+    stream.headers("POST", "/signup", false);
+    let miss = api_guard_core::support::metrics::TOKEN_CACHE_MISS_ID;
+    assert_eq!(
+        stream.envoy.counted,
+        [miss],
+        "only the token's cache lookup so far"
+    );
+    stream.body(br#"{"name":"x"}"#, true);
+    let refused =
+        stream
+            .policy
+            .metrics
+            .request(Some(0), DecisionLabel::Refused, Some(ErrorCode::BadRequest));
+    assert_eq!(stream.envoy.counted, [miss, refused.unwrap()]);
+
+    // A streamed body over its bound: allowed at its headers, then refused 413.
+    let mut stream = Stream::new(inline_policy("enforce"));
+    stream.headers("POST", "/upload", false);
+    stream.body(&[0; 12], false);
+    let metrics = &stream.policy.metrics;
+    assert_eq!(
+        stream.envoy.counted,
+        [
+            metrics
+                .request(Some(1), DecisionLabel::Allowed, None)
+                .unwrap(),
+            metrics
+                .request(
+                    Some(1),
+                    DecisionLabel::Refused,
+                    Some(ErrorCode::PayloadTooLarge)
+                )
+                .unwrap()
+        ]
+    );
+
+    // Failing closed is counted as such, with or without a policy.
+    let mut stream = Stream::new(inline_policy("enforce"));
+    stream.envoy.environment_available = false;
+    stream.headers("GET", "/anything", true);
+    assert_eq!(stream.envoy.counted, [FAIL_CLOSED_ID]);
+    let mut refused = HttpFlow::new(Rc::new(HeldBudget::default()));
+    let mut envoy = FakeEnvoy::new();
+    envoy.execute(refused.on_request_headers_without_policy(None));
+    assert_eq!(envoy.counted, [FAIL_CLOSED_ID]);
 }

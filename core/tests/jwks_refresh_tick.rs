@@ -302,3 +302,90 @@ fn a_worker_holds_a_bounded_number_of_waiting_requests() {
         Err(u32::MAX)
     );
 }
+
+#[test]
+fn fetch_results_and_key_gauges_are_counted_for_the_metrics() {
+    let policy = policy();
+    let store = MemoryStore::new();
+    let requests = Requests::new();
+    let mut vm: JwksRefresh<u32> = JwksRefresh::new(&policy, 1);
+    let name = |id: api_guard_core::support::metrics::MetricId| {
+        policy.metrics.definitions()[id.0 as usize].name.clone()
+    };
+    let gauges = |vm: &JwksRefresh<u32>| -> Vec<(String, u64)> {
+        vm.gauges().iter().map(|(id, v)| (name(*id), *v)).collect()
+    };
+    // A failed fetch (the host's call failed), counted once.
+    assert_eq!(
+        fetches(&vm.tick(&policy, &store, NOW_MS, requests.alive())),
+        vec![0]
+    );
+    assert_eq!(
+        gauges(&vm),
+        [
+            ("api_guard_jwks_keys.provider.main".to_string(), 0),
+            (
+                "api_guard_jwks_seconds_since_success.provider.main".to_string(),
+                0
+            )
+        ]
+    );
+    vm.fetch_sent(0, 11, NOW_MS);
+    let fetch = vm.take_fetch(11).unwrap();
+    vm.fetch_answered(
+        &policy,
+        &store,
+        fetch,
+        Some(NOW_MS + 50),
+        HttpReply::Failed,
+        requests.alive(),
+    );
+    let counted: Vec<String> = vm.take_counts().into_iter().map(name).collect();
+    assert_eq!(
+        counted,
+        ["api_guard_jwks_fetches_total.provider.main.result.failure"]
+    );
+    assert!(vm.take_counts().is_empty(), "taken once");
+
+    // The retry succeeds: one success, the keys held, and the age counts from it.
+    let retry_at = NOW_MS + 120_000;
+    assert_eq!(
+        fetches(&vm.tick(&policy, &store, retry_at, requests.alive())),
+        vec![0]
+    );
+    assert_eq!(
+        gauges(&vm)[1],
+        (
+            "api_guard_jwks_seconds_since_success.provider.main".to_string(),
+            120
+        ),
+        "never fetched: since this VM's first tick"
+    );
+    vm.fetch_sent(0, 12, retry_at);
+    let fetch = vm.take_fetch(12).unwrap();
+    let body = jwks(&["p256", "rsa2048"]);
+    vm.fetch_answered(
+        &policy,
+        &store,
+        fetch,
+        Some(retry_at),
+        ok_reply(&body),
+        requests.alive(),
+    );
+    let counted: Vec<String> = vm.take_counts().into_iter().map(name).collect();
+    assert_eq!(
+        counted,
+        ["api_guard_jwks_fetches_total.provider.main.result.success"]
+    );
+    vm.tick(&policy, &store, retry_at + 30_000, requests.alive());
+    assert_eq!(
+        gauges(&vm),
+        [
+            ("api_guard_jwks_keys.provider.main".to_string(), 2),
+            (
+                "api_guard_jwks_seconds_since_success.provider.main".to_string(),
+                30
+            )
+        ]
+    );
+}

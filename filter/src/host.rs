@@ -36,6 +36,8 @@
 //!   and takes `&str` headers only.
 //! - [`set_effective_context`]: `hostcalls::set_effective_context` panics on any status but
 //!   `Ok` and `BadArgument`.
+//! - [`define_metric`], [`increment_metric`], [`record_metric`]: `hostcalls::define_metric`
+//!   and friends panic on any status but `Ok` (and the SDK's metric helpers `unwrap` them).
 //! - [`call_foreign_function`]: `hostcalls::call_foreign_function` panics on any status but
 //!   `Ok`, `NotFound`, `BadArgument`, `SerializationFailure` and `InternalFailure`.
 //!
@@ -119,6 +121,14 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -209,6 +219,29 @@ pub fn log_level() -> Option<log::LevelFilter> {
         // Critical (5), spdlog's off (6): nothing the filter writes below critical shows.
         _ => log::LevelFilter::Off,
     })
+}
+
+/// proxy-wasm `MetricType` values.
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
+
+/// Defines a metric (Envoy: the stat `wasmcustom.<name>`); the id to increment or record it.
+pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostError> {
+    let mut id: u32 = 0;
+    // SAFETY: the host reads `name.len()` bytes from the pointer during the call and writes one
+    // u32 into the out-parameter.
+    status(unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, offset: i64) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_increment_metric(id, offset) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_record_metric(id, value) })
 }
 
 /// The host's wall clock, in milliseconds since the Unix epoch.

@@ -124,6 +124,20 @@ pub(super) fn on_tick(shared: &Shared, root_context_id: u32) {
     }
     resume(ready, root_context_id);
     shared.remote_jwks.adjust_tick();
+    export_metrics(shared);
+}
+
+/// The fetch results the driver counted, and its gauges.
+fn export_metrics(shared: &Shared) {
+    let Ok(mut driver) = shared.remote_jwks.driver.try_borrow_mut() else {
+        return;
+    };
+    for id in driver.take_counts() {
+        shared.metrics.increment(id);
+    }
+    for &(id, value) in driver.gauges() {
+        shared.metrics.set(id, value);
+    }
 }
 
 fn dispatch_fetch(shared: &Shared, index: usize, now: u64) {
@@ -214,6 +228,7 @@ pub(super) fn on_fetch_response(
     };
     resume(ready, root_context_id);
     shared.remote_jwks.adjust_tick();
+    export_metrics(shared);
 }
 
 /// Decides again the waiting requests whose keys settled, each in its own context.

@@ -15,6 +15,7 @@ mod body_hold;
 mod host;
 mod host_headers;
 mod jwks;
+mod metrics;
 mod tick;
 
 use api_guard_core::authn::jwt::cache::TokenCache;
@@ -32,6 +33,7 @@ use api_guard_core::request::head::RequestHead;
 use api_guard_core::request::header_pairs::serialize;
 use api_guard_core::support::events::{self, EventBudget, SecurityEvent};
 use api_guard_core::support::logging;
+use api_guard_core::support::metrics::{MetricsPlan, CONFIG_REFUSED_ID, EVENTS_DROPPED_ID};
 use api_guard_core::support::shared_store::{CounterStore, StoreError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
@@ -45,15 +47,18 @@ proxy_wasm::main! {{
     // Not `proxy_wasm::set_log_level`: the SDK's logger and panic hook unwrap the host's status.
     host::install_logger();
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(ApiGuardRoot { context_id, shared: None })
+        Box::new(ApiGuardRoot { context_id, shared: None, metrics: Rc::default() })
     });
 }}
 
 /// Writes a security event, within the worker's per-second budget of event lines.
 fn log_event(shared: &Shared, event: &SecurityEvent) {
-    match (shared.event_budget.try_borrow_mut(), now_ms()) {
+    let written = match (shared.event_budget.try_borrow_mut(), now_ms()) {
         (Ok(mut budget), Ok(now)) => events::log_event(Some(&mut budget), now, event),
         _ => events::log_event(None, 0, event),
+    };
+    if !written {
+        shared.metrics.increment(EVENTS_DROPPED_ID);
     }
 }
 
@@ -147,11 +152,15 @@ struct Shared {
     held_budget: Rc<HeldBudget>,
     /// Requests paused on their headers until their first body callback.
     body_waits: body_hold::BodyWaits,
+    /// The policy's metrics, defined on the host.
+    metrics: Rc<metrics::Metrics>,
 }
 
 struct ApiGuardRoot {
     context_id: u32,
     shared: Option<Rc<Shared>>,
+    /// This VM's metrics (only the fixed ones while the configuration is refused).
+    metrics: Rc<metrics::Metrics>,
 }
 
 impl Context for ApiGuardRoot {
@@ -168,10 +177,19 @@ impl Context for ApiGuardRoot {
     }
 }
 
+impl ApiGuardRoot {
+    /// Until a configuration is accepted: the fixed metrics, `api_guard_config_refused` 1.
+    fn refuse_configuration_metrics(&mut self) {
+        self.metrics = Rc::new(metrics::Metrics::define(&MetricsPlan::fixed()));
+        self.metrics.set(CONFIG_REFUSED_ID, 1);
+    }
+}
+
 impl RootContext for ApiGuardRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         host::refresh_log_level();
         self.shared = None;
+        self.refuse_configuration_metrics();
         let bytes = match host::get_buffer(
             BufferType::PluginConfiguration,
             0,
@@ -221,6 +239,9 @@ impl RootContext for ApiGuardRoot {
             }
         };
         logging::log_configured(&HostSharedData, &policy, verifier.name());
+        // Defined once per VM here, never per request.
+        self.metrics = Rc::new(metrics::Metrics::define(&policy.metrics));
+        self.metrics.set(CONFIG_REFUSED_ID, 0);
         let ticker = Rc::new(tick::Ticker::default());
         let remote_jwks = jwks::RemoteJwksDriver::new(&policy, Rc::clone(&ticker));
         // Remote key sets are fetched from the timer only, never here: the first tick comes
@@ -236,6 +257,7 @@ impl RootContext for ApiGuardRoot {
             ticker,
             held_budget: Rc::new(HeldBudget::default()),
             body_waits: body_hold::BodyWaits::default(),
+            metrics: Rc::clone(&self.metrics),
         }));
         true
     }
@@ -259,6 +281,7 @@ impl RootContext for ApiGuardRoot {
         let state = Rc::new_cyclic(|self_ref| {
             RefCell::new(HttpState {
                 shared: self.shared.clone(),
+                metrics: Rc::clone(&self.metrics),
                 flow: HttpFlow::new(held_budget),
                 context_id,
                 self_ref: self_ref.clone(),
@@ -363,6 +386,8 @@ impl FlowQueries for EnvoyQueries<'_> {
 struct HttpState {
     /// `None` when the configuration was refused: every request then fails closed.
     shared: Option<Rc<Shared>>,
+    /// The VM's metrics (also when the configuration was refused).
+    metrics: Rc<metrics::Metrics>,
     flow: HttpFlow,
     context_id: u32,
     /// This state's own handle, registered with the root while the request waits for keys or
@@ -404,9 +429,12 @@ impl HttpState {
     /// One command. `Ok(Some(action))`: the callback ends with `action` now.
     fn run(&mut self, command: Command) -> Result<Option<Action>, Refused> {
         match command {
+            Command::Count(tally) => self.metrics.count(&tally),
             Command::LogEvent(event) => match &self.shared {
                 Some(shared) => log_event(shared, &event),
-                None => events::log_event(None, 0, &event),
+                None => {
+                    events::log_event(None, 0, &event);
+                }
             },
             Command::LogFailure(why) => log::error!("api-guard: failing closed: {why}"),
             Command::EditRequest(forward) => apply_forward(&forward)

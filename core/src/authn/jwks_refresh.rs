@@ -10,6 +10,7 @@ use crate::authn::jwt::remote::{
 };
 use crate::authn::jwt::Provider;
 use crate::pipeline::policy::Policy;
+use crate::support::metrics::MetricId;
 use crate::support::shared_store::CounterStore;
 
 /// The log level of a key-set event: `warn` for a failure, `info` for new content, `debug` for
@@ -81,6 +82,12 @@ pub struct JwksRefresh<H> {
     fetches: Vec<InFlightFetch>,
     /// This VM's name in the fetch lease.
     lease_owner: u64,
+    /// Fetch results to count, until the host takes them ([`JwksRefresh::take_counts`]).
+    counts: Vec<MetricId>,
+    /// The gauges' values as of the last tick or answer.
+    gauges: Vec<(MetricId, u64)>,
+    /// The first tick: the age of a set never fetched counts from here.
+    first_tick_ms: Option<u64>,
 }
 
 fn provider(policy: &Policy, index: usize) -> Option<(&Provider, &RemoteJwks)> {
@@ -114,6 +121,9 @@ impl<H> JwksRefresh<H> {
             waiting: Vec::new(),
             fetches: Vec::new(),
             lease_owner,
+            counts: Vec::new(),
+            gauges: Vec::new(),
+            first_tick_ms: None,
         }
     }
 
@@ -193,8 +203,53 @@ impl<H> JwksRefresh<H> {
                 commands.push(Command::Fetch { provider: index });
             }
         }
+        self.first_tick_ms.get_or_insert(now_ms);
+        self.record_gauges(policy, &states, now_ms);
         commands.extend(self.settle(now_ms, &states, alive).map(Command::Resume));
         commands
+    }
+
+    /// The fetch results counted since the last call (ids of [`Policy::metrics`]).
+    pub fn take_counts(&mut self) -> Vec<MetricId> {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Each remote provider's gauges as of the last tick: keys this VM verifies with, and
+    /// seconds since the set was last fetched successfully by any worker (since this VM's first
+    /// tick when never).
+    pub fn gauges(&self) -> &[(MetricId, u64)] {
+        &self.gauges
+    }
+
+    fn count_fetch(&mut self, policy: &Policy, provider: usize, report: &FetchReport) {
+        if matches!(report.finish, Ok(remote::Finish::LeaseLost)) {
+            return;
+        }
+        if let Some(id) = policy.metrics.jwks_fetch(provider, report.outcome.is_ok()) {
+            self.counts.push(id);
+        }
+    }
+
+    fn record_gauges(
+        &mut self,
+        policy: &Policy,
+        states: &[(usize, Option<FetchState>)],
+        now_ms: u64,
+    ) {
+        self.gauges.clear();
+        for (index, state) in states {
+            if let Some(id) = policy.metrics.jwks_keys(*index) {
+                self.gauges.push((id, self.keys.keys(*index).len() as u64));
+            }
+            let since = state
+                .as_ref()
+                .and_then(|s| s.last_success_at_ms)
+                .or(self.first_tick_ms)
+                .unwrap_or(now_ms);
+            if let Some(id) = policy.metrics.jwks_seconds_since_success(*index) {
+                self.gauges.push((id, now_ms.saturating_sub(since) / 1000));
+            }
+        }
     }
 
     /// The host sent the fetch of `provider` at `now_ms`; its answer will come with `token`.
@@ -230,6 +285,7 @@ impl<H> JwksRefresh<H> {
             ),
         );
         log_fetch_report(&provider.name, self.keys.version(index), &report);
+        self.count_fetch(policy, index, &report);
     }
 
     /// The answer with `token` came: the fetch it answers, if this VM sent it (`None`: not ours,
@@ -269,6 +325,7 @@ impl<H> JwksRefresh<H> {
             now_ms.saturating_sub(fetch.started_at_ms),
         );
         log_fetch_report(&provider.name, self.keys.version(fetch.provider), &report);
+        self.count_fetch(policy, fetch.provider, &report);
         let states = self.read_states(policy, store);
         for (index, state) in &states {
             self.reload(
@@ -278,6 +335,7 @@ impl<H> JwksRefresh<H> {
                 state.as_ref().map(|s| s.published_version),
             );
         }
+        self.record_gauges(policy, &states, now_ms);
         self.settle(now_ms, &states, alive).collect()
     }
 

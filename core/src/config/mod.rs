@@ -20,6 +20,7 @@ use crate::response::cors::{Cors, CorsConfig};
 use crate::response::error_rewrite::{ErrorRewrite, ErrorsConfig};
 use crate::response::security_headers::{SecurityHeaders, SecurityHeadersConfig};
 use crate::support::events::EventsConfig;
+use crate::support::metrics::MetricsPlan;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -272,7 +273,7 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         RawMode::Enforce => Mode::Enforce,
         RawMode::Report => Mode::Report,
     };
-    Ok(Policy {
+    let mut policy = Policy {
         mode,
         jwt,
         api_keys,
@@ -292,7 +293,11 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         deny_ips,
         require_tls,
         trust_forwarded_proto: raw.trust_forwarded_proto,
-    })
+        metrics: MetricsPlan::default(),
+        auth_successes: std::cell::Cell::new(0),
+    };
+    policy.metrics = MetricsPlan::for_policy(&policy);
+    Ok(policy)
 }
 
 /// `require_tls`: `false` (the default), `true` (400 `tls_required`) or `"redirect"` (308 to

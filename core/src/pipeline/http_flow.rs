@@ -24,6 +24,7 @@ use crate::request::head::{client_ip, RequestHead};
 use crate::response::error_rewrite::ResponseOrigin;
 use crate::response::reply::{ErrorCode, LocalReply};
 use crate::support::events::SecurityEvent;
+use crate::support::metrics::{Tally, FAIL_CLOSED_ID};
 use std::rc::Rc;
 
 /// What the flow may ask the host while it decides. Every method reads; none changes the
@@ -50,8 +51,11 @@ pub trait FlowQueries {
 /// [`HttpFlow::fail_closed`] and carry that out instead of the rest.
 #[derive(Debug)]
 pub enum Command {
+    /// Increment these counters (ids of [`Policy::metrics`]; the adapter defined them at
+    /// configure time).
+    Count(Tally),
     /// Write this security event (within the worker's budget of event lines).
-    LogEvent(SecurityEvent),
+    LogEvent(Box<SecurityEvent>),
     /// Log why the request fails closed.
     LogFailure(String),
     /// Change the request's headers before it goes upstream.
@@ -375,6 +379,7 @@ impl HttpFlow {
         self.request = RequestPhase::Undecided;
         let reply = LocalReply::new(ErrorCode::ServiceUnavailable, &self.response.request_id);
         Step::pauses()
+            .with(Command::Count(Tally::one(FAIL_CLOSED_ID)))
             .with(Command::ReportMissingBodyCallbacks)
             .then(self.answer(Some(policy), &reply))
     }
@@ -383,6 +388,7 @@ impl HttpFlow {
     pub fn fail_closed(&mut self, policy: Option<&Policy>, why: &str) -> Step {
         let reply = LocalReply::new(ErrorCode::ServiceUnavailable, &self.response.request_id);
         Step::pauses()
+            .with(Command::Count(Tally::one(FAIL_CLOSED_ID)))
             .with(Command::LogFailure(why.to_string()))
             .then(self.answer(policy, &reply))
     }
@@ -511,8 +517,14 @@ impl HttpFlow {
         host: &mut dyn FlowQueries,
     ) -> Step {
         let mut step = Step::pauses();
+        if !decision.tally.is_empty() {
+            step.commands.push(Command::Count(decision.tally));
+        }
         if let Some(event) = decision.event {
-            step.commands.push(Command::LogEvent(event));
+            step.commands.push(Command::LogEvent(Box::new(event)));
+        }
+        if let Some(event) = decision.auth_event {
+            step.commands.push(Command::LogEvent(Box::new(event)));
         }
         self.response = decision.response;
         match decision.verdict {
@@ -680,7 +692,9 @@ impl HttpFlow {
     ) -> Step {
         self.fill_event_client(host);
         let (event, outcome) = flow::body_over_limit(policy, &self.response, held.is_some());
-        let step = Step::pauses().with(Command::LogEvent(event));
+        let step = Step::pauses()
+            .with(Command::Count(policy.body_too_large_tally(&self.response)))
+            .with(Command::LogEvent(Box::new(event)));
         match (outcome, held) {
             (BodyOverLimit::Reply(reply), _) => step.then(self.answer(Some(policy), &reply)),
             (BodyOverLimit::Proceed { restore_held_body }, held) => {

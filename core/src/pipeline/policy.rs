@@ -53,7 +53,12 @@ use crate::response::reply::{
     CHALLENGE_NO_TOKEN,
 };
 use crate::response::security_headers::SecurityHeaders;
-use crate::support::events::SecurityEvent;
+use crate::support::events::{AuthSuccess, SecurityEvent};
+use crate::support::metrics::{
+    DecisionLabel, MetricsPlan, RateLimitResult, Tally, WebhookResult, TOKEN_CACHE_HIT_ID,
+    TOKEN_CACHE_MISS_ID,
+};
+use std::cell::Cell;
 use std::rc::Rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +145,11 @@ pub struct Policy {
     pub require_tls: RequireTls,
     /// `x-forwarded-proto: https` counts as TLS (a proxy Envoy trusts terminated it).
     pub trust_forwarded_proto: bool,
+    /// Every metric series this policy can produce, and which one a decision counts.
+    pub metrics: MetricsPlan,
+    /// Authenticated requests this worker allowed, for `events.auth_success` sampling (the
+    /// policy is per VM, so this is per worker).
+    pub auth_successes: Cell<u64>,
 }
 
 /// `require_tls`: what a request that did not arrive over TLS gets.
@@ -226,6 +236,9 @@ pub struct ResponseContext {
     pub stream_body_limit: Option<u64>,
     /// Who and what, for events logged on the response path.
     pub event_base: EventBase,
+    /// The index of the request's route in [`Policy::routes`], for the metrics of later
+    /// decisions (a streamed body over its bound).
+    pub route_index: Option<usize>,
 }
 
 /// The request facts every security event of a request repeats.
@@ -245,6 +258,10 @@ pub struct Decision {
     /// The security event to log (refusals, and allows on routes with requirements).
     pub event: Option<SecurityEvent>,
     pub response: ResponseContext,
+    /// The counters the decision increments (its outcome, rate limit, cache lookup, webhook).
+    pub tally: Tally,
+    /// An `auth_success` event (`events.auth_success`), logged after `event`.
+    pub auth_event: Option<SecurityEvent>,
 }
 
 /// A refusal with what its security event needs.
@@ -332,12 +349,25 @@ struct Work<'h, 'p> {
     forward: Forward,
     response: ResponseContext,
     route: Option<&'p Route>,
+    /// The index of `route` in [`Policy::routes`].
+    route_index: Option<usize>,
     principal: Option<String>,
     log_path: String,
     /// An event for an allowed request (authorization decisions are always logged).
     allow_event: Option<(&'static str, String)>,
     /// The JWT source whose token verified, when its provider forwards tokens upstream.
     kept_credential: Option<usize>,
+    /// What the decision counts so far (the outcome is added last).
+    tally: Tally,
+    /// Who authenticated how, for an `auth_success` event.
+    authenticated_by: Option<AuthenticatedBy>,
+}
+
+/// What an `auth_success` event names: the provider whose token verified, the key's id.
+#[derive(Debug, Clone)]
+struct AuthenticatedBy {
+    provider: Option<String>,
+    key_id: Option<String>,
 }
 
 impl Policy {
@@ -353,10 +383,13 @@ impl Policy {
                 ..ResponseContext::default()
             },
             route: None,
+            route_index: None,
             principal: None,
             log_path: String::new(),
             allow_event: None,
             kept_credential: None,
+            tally: Tally::default(),
+            authenticated_by: None,
         };
         self.remove_spoofable_headers(head, &mut work.forward);
         let outcome = self.decide(&mut work, env);
@@ -424,20 +457,47 @@ impl Policy {
             client: client.unwrap_or_default().to_string(),
             principal: work.principal.take(),
         };
+        work.response.route_index = work.route_index;
         let ctx = &work.response;
+        let mut tally = work.tally;
         match outcome {
             Ok(verdict) => {
+                // A request that waits for keys or for its body is counted when it is decided.
+                if matches!(verdict, Verdict::Allow(_) | Verdict::Preflight(_)) {
+                    tally.push(self.metrics.request(
+                        work.route_index,
+                        DecisionLabel::Allowed,
+                        None,
+                    ));
+                }
                 let event = work
                     .allow_event
                     .clone()
                     .map(|(name, reason)| self.event(ctx, name, "allowed", 200, reason));
+                let auth_event = match (&verdict, work.authenticated_by.take()) {
+                    (Verdict::Allow(_) | Verdict::NeedBody { .. }, Some(by)) => {
+                        self.auth_success_event(ctx, by)
+                    }
+                    _ => None,
+                };
                 Decision {
                     verdict,
                     event,
                     response: work.response,
+                    tally,
+                    auth_event,
                 }
             }
             Err(refusal) => {
+                let decision = match self.mode {
+                    Mode::Enforce => DecisionLabel::Refused,
+                    Mode::Report => DecisionLabel::Reported,
+                };
+                tally.push(self.metrics.request(
+                    work.route_index,
+                    decision,
+                    Some(refusal.reply.code),
+                ));
                 let event = self.event(
                     ctx,
                     refusal.event,
@@ -457,6 +517,8 @@ impl Policy {
                     verdict,
                     event: Some(event),
                     response: work.response,
+                    tally,
+                    auth_event: None,
                 }
             }
         }
@@ -481,9 +543,37 @@ impl Policy {
             path: ctx.event_base.path.clone(),
             client: ctx.event_base.client.clone(),
             principal: ctx.event_base.principal.clone(),
+            provider: None,
+            key_id: None,
             request_id: ctx.request_id.clone(),
             reason,
         }
+    }
+
+    /// The `auth_success` event of an allowed, authenticated request, when
+    /// `events.auth_success` logs this one (all, or one in N on this worker).
+    fn auth_success_event(
+        &self,
+        ctx: &ResponseContext,
+        by: AuthenticatedBy,
+    ) -> Option<SecurityEvent> {
+        if self.events.auth_success == AuthSuccess::Off {
+            return None;
+        }
+        let seen = self.auth_successes.get().wrapping_add(1);
+        self.auth_successes.set(seen);
+        if !self.events.auth_success.logs(seen) {
+            return None;
+        }
+        let reason = match (&by.provider, &by.key_id) {
+            (Some(_), Some(_)) => "jwt and api key verified",
+            (Some(_), None) => "jwt verified",
+            _ => "api key verified",
+        };
+        let mut event = self.event(ctx, "auth_success", "allowed", 200, reason.into());
+        event.provider = by.provider;
+        event.key_id = by.key_id;
+        Some(event)
     }
 
     /// A streamed request body went over the route's `max_body_bytes`: the event, and the reply
@@ -498,6 +588,23 @@ impl Policy {
             "body over max_body_bytes".into(),
         );
         (event, (self.mode == Mode::Enforce).then_some(reply))
+    }
+
+    /// What a body over the route's bound counts: refused (reported in report mode)
+    /// `payload_too_large` on the request's route. A streamed body's request was counted
+    /// allowed at its headers already: it counts again, as the refusal it now is.
+    pub fn body_too_large_tally(&self, ctx: &ResponseContext) -> Tally {
+        let decision = match self.mode {
+            Mode::Enforce => DecisionLabel::Refused,
+            Mode::Report => DecisionLabel::Reported,
+        };
+        let mut tally = Tally::default();
+        tally.push(self.metrics.request(
+            ctx.route_index,
+            decision,
+            Some(ErrorCode::PayloadTooLarge),
+        ));
+        tally
     }
 
     /// The event for an upstream (or Envoy) error response whose body was replaced: the
@@ -742,6 +849,7 @@ impl Policy {
             ));
         };
         work.route = Some(matched.route);
+        work.route_index = Some(matched.index);
         if let Some(other) = self.case_insensitive_route(head, path) {
             if other != Some(matched.index) {
                 // Express, IIS and ASP.NET ignore case: they would run another route's handler.
@@ -848,6 +956,9 @@ impl Policy {
                 .iter()
                 .find(|h| !head.has_header(h))
             {
+                let index = route.webhook.unwrap_or_default();
+                work.tally
+                    .push(self.metrics.webhook(index, WebhookResult::Invalid));
                 return Err(Refusal::new(
                     LocalReply::new(ErrorCode::InvalidSignature, &head.request_id),
                     "invalid_signature",
@@ -932,13 +1043,21 @@ impl Policy {
         // When both are present, both must verify: a valid key must not cover a forged token.
         let verified_token = match (token, &self.jwt) {
             (Some(found), Some(jwt)) => {
-                let verified = match jwt.verify_with(
+                let lookups_before = env.token_cache.lookups();
+                let verified = jwt.verify_with(
                     found,
                     env.now_seconds(),
                     env.verifier,
                     env.token_cache,
                     env.remote_keys,
-                ) {
+                );
+                let (hits, misses) = env.token_cache.lookups();
+                if hits != lookups_before.0 {
+                    work.tally.push(Some(TOKEN_CACHE_HIT_ID));
+                } else if misses != lookups_before.1 {
+                    work.tally.push(Some(TOKEN_CACHE_MISS_ID));
+                }
+                let verified = match verified {
                     Ok(verified) => verified,
                     Err(VerifyError::Refused(failure)) => {
                         return Err(jwt_refusal(request_id)(failure).into())
@@ -983,6 +1102,16 @@ impl Policy {
             (None, None) => return Err(unauthorized("no credential").into()),
         };
         work.principal = authenticated.principal();
+        if self.events.auth_success != AuthSuccess::Off {
+            let provider = authenticated.token().and_then(|token| {
+                let jwt = self.jwt.as_ref()?;
+                Some(jwt.providers.get(token.provider)?.name.clone())
+            });
+            work.authenticated_by = Some(AuthenticatedBy {
+                provider,
+                key_id: authenticated.api_key().map(|key| key.id.clone()),
+            });
+        }
         Ok(authenticated)
     }
 
@@ -1090,11 +1219,18 @@ impl Policy {
         work: &mut Work<'_, '_>,
         env: &mut RequestEnv<'_>,
     ) -> Result<(), Refusal> {
-        let Some(limit) = route.rate_limit.and_then(|i| self.rate_limits.get(i)) else {
+        let Some((limit_index, limit)) = route
+            .rate_limit
+            .and_then(|i| Some((i, self.rate_limits.get(i)?)))
+        else {
             return Ok(());
         };
         let request_id = work.head.request_id.as_str();
         let Some(limiter) = env.limiter else {
+            work.tally.push(
+                self.metrics
+                    .rate_limit(limit_index, RateLimitResult::Unavailable),
+            );
             return Err(Refusal::new(
                 LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
                 "rate_limit_unavailable",
@@ -1106,6 +1242,13 @@ impl Policy {
         let client_key = limit.key.client_key(work.head, jwt_subject, api_key_id);
         let decision = limiter.check(env.shared, limit, &client_key, env.now_ms);
         work.response.rate_limit_headers = decision.headers(&limit.name, limit.window_seconds);
+        let result = if decision.allowed {
+            RateLimitResult::Allowed
+        } else {
+            RateLimitResult::Limited
+        };
+        work.tally
+            .push(self.metrics.rate_limit(limit_index, result));
         if decision.allowed {
             Ok(())
         } else {
@@ -1141,18 +1284,21 @@ impl Policy {
         } else {
             base.path.clone()
         };
-        let work = Work {
+        let mut work = Work {
             head,
             forward: Forward::default(),
             response: headers_phase.clone(),
             route: self.routes.get(check.route),
+            route_index: Some(check.route),
             principal: base.principal.clone(),
             log_path,
             allow_event: None,
             kept_credential: None,
+            tally: Tally::default(),
+            authenticated_by: None,
         };
         let outcome = self
-            .decide_body(head, check, body, env)
+            .decide_body(head, check, body, env, &mut work.tally)
             .map(|()| Verdict::Allow(Forward::default()));
         self.conclude(outcome, work)
     }
@@ -1163,6 +1309,7 @@ impl Policy {
         check: &BodyCheck,
         body: &[u8],
         env: &RequestEnv<'_>,
+        tally: &mut Tally,
     ) -> Result<(), Refusal> {
         let request_id = head.request_id.as_str();
         let Some(route) = self.routes.get(check.route) else {
@@ -1179,16 +1326,26 @@ impl Policy {
                 "body over max_body_bytes",
             ));
         }
-        if let Some(webhook) = route.webhook.and_then(|w| self.webhooks.get(w)) {
+        if let Some((webhook_index, webhook)) =
+            route.webhook.and_then(|w| Some((w, self.webhooks.get(w)?)))
+        {
             let now = env.now_seconds();
-            let refused = |refusal: crate::body::webhook::WebhookRefusal| {
+            let metrics = &self.metrics;
+            let mut refused = |refusal: crate::body::webhook::WebhookRefusal| {
+                use crate::body::webhook::WebhookRefusal;
+                let result = match refusal {
+                    WebhookRefusal::Replayed => WebhookResult::Replayed,
+                    WebhookRefusal::ReplayCheckUnavailable => WebhookResult::Unavailable,
+                    _ => WebhookResult::Invalid,
+                };
+                tally.push(metrics.webhook(webhook_index, result));
                 Refusal::new(
                     LocalReply::new(refusal.error_code(), request_id),
                     "invalid_signature",
                     format!("webhook {}: {}", webhook.name(), refusal.reason()),
                 )
             };
-            let verified = webhook.verify(head, body, now).map_err(refused)?;
+            let verified = webhook.verify(head, body, now).map_err(&mut refused)?;
             let table = SharedReplayTable::new(
                 env.shared,
                 replay_key_prefix(webhook.name()),
@@ -1197,7 +1354,8 @@ impl Policy {
             );
             webhook
                 .check_replay(&verified, &table, now)
-                .map_err(refused)?;
+                .map_err(&mut refused)?;
+            tally.push(self.metrics.webhook(webhook_index, WebhookResult::Valid));
         }
         if let Some(schema) = &route.body_schema {
             if let Err(details) = schema.validate(body) {

@@ -23,6 +23,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of the spec's list (the `code` label values of the metrics).
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::Unauthorized,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::InvalidApiKey,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::CredentialsInUrl,
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidSignature,
+        ErrorCode::CorsRejected,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamError,
+        ErrorCode::ServiceUnavailable,
+        ErrorCode::TlsRequired,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             ErrorCode::Unauthorized => "unauthorized",

@@ -8,6 +8,7 @@ pub mod events;
 pub mod logging;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_store;
+pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
 pub mod shared_store;

@@ -21,6 +21,9 @@ const SLOT_HASH_BYTES: usize = 32;
 pub struct TokenCache {
     slots: Vec<Option<(Box<str>, Rc<VerifiedToken>)>>,
     slot_hash: RandomState,
+    /// Lookups that found a usable token, and the ones that verified it (for the metrics).
+    hits: u64,
+    misses: u64,
 }
 
 impl TokenCache {
@@ -30,6 +33,8 @@ impl TokenCache {
         TokenCache {
             slots: (0..size).map(|_| None).collect(),
             slot_hash: RandomState::new(),
+            hits: 0,
+            misses: 0,
         }
     }
 
@@ -72,6 +77,21 @@ impl TokenCache {
                 *entry = None;
             }
         }
+    }
+
+    /// A lookup found a usable verified token.
+    pub fn count_hit(&mut self) {
+        self.hits = self.hits.wrapping_add(1);
+    }
+
+    /// A lookup found nothing usable: the token is verified.
+    pub fn count_miss(&mut self) {
+        self.misses = self.misses.wrapping_add(1);
+    }
+
+    /// (hits, misses) so far.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 
     pub fn len(&self) -> usize {

@@ -380,6 +380,7 @@ impl JwtAuth {
                 p.sources.contains(&found.source)
                     && hit.key_set_version == remote_keys.version(hit.provider)
             }) {
+                cache.count_hit();
                 return match claims::check_time(hit.time, provider.clock_skew_seconds, now) {
                     Ok(()) => Ok(hit),
                     Err(refusal) => {
@@ -389,6 +390,7 @@ impl JwtAuth {
                 };
             }
         }
+        cache.count_miss();
         let verified = Rc::new(self.verify_uncached(found, now, verifier, remote_keys)?);
         cache.insert(found.token, Rc::clone(&verified));
         Ok(verified)
