@@ -305,10 +305,18 @@ impl<'p> Authenticated<'p> {
         }
     }
 
-    /// What authorization decides on. When both credentials verified, the token's claims do.
-    fn identity(&self) -> Option<Identity<'_>> {
+    /// What authorization decides on. When both credentials verified, the token's claims do,
+    /// read where the token's provider puts roles and scopes (a token whose provider cannot
+    /// be found has no identity: fail closed).
+    fn identity<'s>(&'s self, jwt: Option<&'s JwtAuth>) -> Option<Identity<'s>> {
         match (self.token(), self.api_key()) {
-            (Some(token), _) => Some(Identity::from_jwt_claims(&token.claims)),
+            (Some(token), _) => {
+                let provider = jwt?.providers.get(token.provider)?;
+                Some(Identity::from_jwt_claims(
+                    &token.claims,
+                    &provider.identity_claims,
+                ))
+            }
             (None, Some(key)) => Some(Identity::from_api_key(key)),
             (None, None) => None,
         }
@@ -780,7 +788,7 @@ impl Policy {
         work: &mut Work<'_, '_>,
     ) -> Result<(), Refusal> {
         let request_id = work.head.request_id.as_str();
-        let identity = authenticated.identity();
+        let identity = authenticated.identity(self.jwt.as_ref());
         if let Some(requirement) = &route.require {
             let identity = identity.as_ref().ok_or_else(|| {
                 Refusal::new(
@@ -789,11 +797,11 @@ impl Policy {
                     "no identity on a route with requirements",
                 )
             })?;
-            if let Err(rule) = requirement.check(identity) {
+            if let Err(unmet) = requirement.check(identity) {
                 return Err(Refusal::new(
                     LocalReply::new(ErrorCode::Forbidden, request_id),
                     "authz_denied",
-                    format!("require.{rule} not satisfied"),
+                    format!("{unmet} not satisfied"),
                 ));
             }
             work.allow_event = Some(("authz_allowed", "require satisfied".into()));
