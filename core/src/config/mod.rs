@@ -204,12 +204,8 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
 
     let require_tls = collect(compile_require_tls(raw.require_tls.as_ref()), &mut errors)
         .unwrap_or(RequireTls::Off);
-    if raw.trust_forwarded_proto && require_tls == RequireTls::Off {
-        errors.push(ConfigError::new(
-            "trust_forwarded_proto",
-            "only means something with \"require_tls\": set both, or remove it",
-        ));
-    }
+    // `trust_forwarded_proto` also decides whether `strict-transport-security` is sent, so it
+    // stands without `require_tls` (behind a TLS-terminating proxy that Envoy trusts).
     let deny_ips = raw
         .deny_ips
         .as_ref()
