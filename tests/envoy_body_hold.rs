@@ -203,7 +203,7 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
 /// Envoy's own plain-text local reply carries).
 fn assert_filter_refusal(case: &str, response: &Response, status: u16, code: &str) {
     assert_refusal(case, response, status, code, None);
-    for header in ["strict-transport-security", "x-content-type-options"] {
+    for header in ["x-content-type-options", "x-frame-options"] {
         assert!(
             response.header(header).is_some(),
             "{case}: {header} missing: {:?}",

@@ -170,13 +170,33 @@ fn headers_dump(r: &Response) -> String {
         .join("\n  ")
 }
 
-/// Each header of the spec's default set exactly once, with exactly the spec's value.
+/// Sent only over TLS (RFC 6797 section 7.2): see `assert_tls_security_headers`.
+const HSTS: &str = "strict-transport-security";
+
+/// A response over plain HTTP: each header of the spec's default set but HSTS exactly once,
+/// with exactly the spec's value, and no `strict-transport-security` at all (not even an
+/// upstream's).
 fn assert_default_security_headers(case: &str, r: &Response) {
+    for (name, value) in DEFAULT_SECURITY_HEADERS {
+        let want = if name == HSTS { vec![] } else { vec![value] };
+        assert_eq!(
+            r.header_all(name),
+            want,
+            "{case}: security header {name} over plain HTTP; status {}, headers:\n  {}",
+            r.status,
+            headers_dump(r)
+        );
+    }
+}
+
+/// A response over TLS: each header of the spec's default set exactly once, with exactly the
+/// spec's value.
+fn assert_tls_security_headers(case: &str, r: &Response) {
     for (name, value) in DEFAULT_SECURITY_HEADERS {
         assert_eq!(
             r.header_all(name),
             vec![value],
-            "{case}: security header {name}; status {}, headers:\n  {}",
+            "{case}: security header {name} over TLS; status {}, headers:\n  {}",
             r.status,
             headers_dump(r)
         );
@@ -799,7 +819,13 @@ fn default_security_headers_on_every_kind_of_response() {
         );
     }
 
-    let envoy = start(&base_config());
+    let envoy = start_with(
+        &base_config(),
+        EnvoyOptions {
+            tls: true,
+            ..Default::default()
+        },
+    );
     let revealing = [
         (RESPONSE_HEADER_REQUEST, "server: gunicorn/19.9.0"),
         (RESPONSE_HEADER_REQUEST, "x-powered-by: Express"),
@@ -881,6 +907,45 @@ fn default_security_headers_on_every_kind_of_response() {
         assert_no_revealing_headers(case, r);
         assert_x_request_id(case, r);
     }
+
+    // Over TLS on the same listener: HSTS too, the upstream's weak one replaced.
+    let tls_cases: Vec<(&str, Response, u16)> = vec![
+        (
+            "TLS upstream 200 with weak values",
+            envoy.https_request("GET", "/public/info", &with(&weak)),
+            200,
+        ),
+        (
+            "TLS authorized upstream 200",
+            envoy.https_request("GET", "/api/x", &[("authorization", alice.as_str())]),
+            200,
+        ),
+        (
+            "TLS upstream 500, rewritten",
+            envoy.https_request("GET", "/status/500", &with(&weak)),
+            500,
+        ),
+        (
+            "TLS filter 401",
+            envoy.https_request("GET", "/api/x", &[]),
+            401,
+        ),
+        (
+            "TLS filter 204 preflight",
+            envoy.https_request(
+                "OPTIONS",
+                "/api/x",
+                &[("origin", APP), ("access-control-request-method", "GET")],
+            ),
+            204,
+        ),
+    ];
+    for (case, r, status) in &tls_cases {
+        assert_eq!(r.status, *status, "{case}: status; body {}", r.body_str());
+        assert_tls_security_headers(case, r);
+        assert_no_revealing_headers(case, r);
+        assert_x_request_id(case, r);
+    }
 }
 
 #[test]
@@ -890,9 +955,14 @@ fn security_headers_on_envoys_own_replies_and_their_bodies_become_the_envelope()
         &base_config(),
         EnvoyOptions {
             upstream_down: true,
+            tls: true,
             ..Default::default()
         },
     );
+    // Over TLS, Envoy's own 503 gets HSTS too.
+    let r = down.https_request("GET", "/public/info", &[("origin", APP)]);
+    assert_envelope("Envoy 503 over TLS", &r, 503, "service_unavailable");
+    assert_tls_security_headers("Envoy 503 over TLS", &r);
     let r = down.request("GET", "/public/info", &[("origin", APP)]);
     assert_envelope("Envoy 503, upstream down", &r, 503, "service_unavailable");
     assert_default_security_headers("Envoy 503, upstream down", &r);
@@ -1003,10 +1073,11 @@ fn security_headers_set_and_remove_are_configurable() {
                 "{case}: set {name}; headers:\n  {dump}"
             );
         }
-        // The defaults not overridden stay.
+        // The defaults not overridden stay (HSTS only over TLS: these are plain HTTP).
         for (name, value) in DEFAULT_SECURITY_HEADERS {
             if name != "content-security-policy" && name != "x-frame-options" {
-                assert_eq!(r.header_all(name), vec![value], "{case}: default {name}");
+                let want = if name == HSTS { vec![] } else { vec![value] };
+                assert_eq!(r.header_all(name), want, "{case}: default {name}");
             }
         }
         assert_eq!(
@@ -1671,8 +1742,33 @@ fn demo_like_config() -> Value {
     )
 }
 
+/// The rules for plain HTTP: tests/drheader-rules.yml with its `Strict-Transport-Security`
+/// rule turned into "must not be present" (RFC 6797 section 7.2), written next to the test's
+/// Envoy files.
+fn plain_http_rules(dir: &std::path::Path) -> PathBuf {
+    let rules = std::fs::read_to_string(crate_path("tests/drheader-rules.yml")).unwrap();
+    let hsts = "Strict-Transport-Security:\n    Required: True\n    Value:\n        - max-age=63072000\n        - includeSubDomains\n";
+    assert!(
+        rules.contains(hsts),
+        "the HSTS rule of tests/drheader-rules.yml moved"
+    );
+    let path = dir.join("drheader-rules-plain-http.yml");
+    std::fs::write(
+        &path,
+        rules.replace(hsts, "Strict-Transport-Security:\n    Required: False\n"),
+    )
+    .unwrap();
+    path
+}
+
 /// Runs drheader against `url` with the spec's rules; returns (no finding, report).
 fn drheader(url: &str, args: &[&str]) -> (bool, String) {
+    drheader_with(&crate_path("tests/drheader-rules.yml"), url, args)
+}
+
+/// Runs drheader against `url` with `rules`. An `https` URL is checked against the test
+/// certificate (drheader uses Python `requests`, which reads `REQUESTS_CA_BUNDLE`).
+fn drheader_with(rules: &std::path::Path, url: &str, args: &[&str]) -> (bool, String) {
     let bin = std::env::var("DRHEADER")
         .map(PathBuf::from)
         .unwrap_or_else(|_| crate_path(".venv/bin/drheader"));
@@ -1683,11 +1779,12 @@ fn drheader(url: &str, args: &[&str]) -> (bool, String) {
     );
     let mut cmd = Command::new(&bin);
     cmd.args(["scan", "single", "--cross-origin-isolated", "--rules-file"])
-        .arg(crate_path("tests/drheader-rules.yml"))
+        .arg(rules)
         .arg(url)
         .args(args)
         .env("NO_PROXY", "*")
-        .env("no_proxy", "*");
+        .env("no_proxy", "*")
+        .env("REQUESTS_CA_BUNDLE", &common::tls_files().0);
     let (ok, out, err) = run_with_limit(cmd, Duration::from_secs(30));
     (ok, format!("{out}{err}"))
 }
@@ -1695,48 +1792,73 @@ fn drheader(url: &str, args: &[&str]) -> (bool, String) {
 #[test]
 #[ignore = "needs PyPI drheader in .venv: run `make test-browser`"]
 fn security_headers_pass_the_drheader_scanner() {
-    let envoy = start(&demo_like_config());
-    let base = format!("http://127.0.0.1:{}", envoy.port());
+    let envoy = start_with(
+        &demo_like_config(),
+        EnvoyOptions {
+            tls: true,
+            ..Default::default()
+        },
+    );
+    let plain_rules = plain_http_rules(envoy.tmp_dir());
     let powered =
         format!(r#"{{"{RESPONSE_HEADER_REQUEST}": "x-powered-by: demo-framework/1.2.3"}}"#);
     let server = format!(r#"{{"{RESPONSE_HEADER_REQUEST}": "server: gunicorn/19.9.0"}}"#);
     let preflight = format!(
         r#"{{"origin": "{APP}", "access-control-request-method": "GET", "access-control-request-headers": "authorization"}}"#
     );
-    let scans: Vec<(&str, String, Vec<&str>)> = vec![
+    // Every scan over TLS (HSTS required) and over plain HTTP (HSTS forbidden), one listener.
+    for (base, rules) in [
         (
-            "upstream 200",
-            format!("{base}/public/info"),
-            vec!["--method", "get", "--headers", &powered],
+            format!("https://127.0.0.1:{}", envoy.port()),
+            crate_path("tests/drheader-rules.yml"),
         ),
-        (
-            "upstream 200 (HEAD)",
-            format!("{base}/healthz"),
-            vec!["--headers", &server],
-        ),
-        (
-            "filter 401",
-            format!("{base}/api/documents"),
-            vec!["--method", "get"],
-        ),
-        (
-            "rewritten upstream 500",
-            format!("{base}/status/500"),
-            vec!["--method", "get", "--headers", &powered],
-        ),
-        (
-            "CORS preflight",
-            format!("{base}/api/documents"),
-            vec!["--method", "options", "--headers", &preflight],
-        ),
-    ];
-    for (case, url, args) in &scans {
-        let (ok, report) = drheader(url, args);
-        assert!(
-            ok && report.contains("No issues found"),
-            "drheader found issues on the {case} ({url}):\n{report}"
-        );
+        (format!("http://127.0.0.1:{}", envoy.port()), plain_rules),
+    ] {
+        let scans: Vec<(&str, String, Vec<&str>)> = vec![
+            (
+                "upstream 200",
+                format!("{base}/public/info"),
+                vec!["--method", "get", "--headers", &powered],
+            ),
+            (
+                "upstream 200 (HEAD)",
+                format!("{base}/healthz"),
+                vec!["--headers", &server],
+            ),
+            (
+                "filter 401",
+                format!("{base}/api/documents"),
+                vec!["--method", "get"],
+            ),
+            (
+                "rewritten upstream 500",
+                format!("{base}/status/500"),
+                vec!["--method", "get", "--headers", &powered],
+            ),
+            (
+                "CORS preflight",
+                format!("{base}/api/documents"),
+                vec!["--method", "options", "--headers", &preflight],
+            ),
+        ];
+        for (case, url, args) in &scans {
+            let (ok, report) = drheader_with(&rules, url, args);
+            assert!(
+                ok && report.contains("No issues found"),
+                "drheader found issues on the {case} ({url}):\n{report}"
+            );
+        }
     }
+    // The plain-HTTP rules do check HSTS: the TLS answer (which carries it) fails them.
+    let (ok, report) = drheader_with(
+        &plain_http_rules(envoy.tmp_dir()),
+        &format!("https://127.0.0.1:{}/public/info", envoy.port()),
+        &["--method", "get"],
+    );
+    assert!(
+        !ok && report.contains("Strict-Transport-Security"),
+        "the plain-HTTP rules must refuse HSTS:\n{report}"
+    );
 
     // Control: the same scan of Envoy without the filter has findings, so the rules check.
     let bare = Envoy::bare();
@@ -1783,7 +1905,7 @@ fn header_bytes_that_are_not_utf8_neither_crash_the_filter_nor_pass_unchecked() 
             "round {round}: the upstream's header byte for byte: {text}"
         );
         assert!(
-            text.contains("strict-transport-security:") && text.contains("x-request-id:"),
+            text.contains("x-content-type-options:") && text.contains("x-request-id:"),
             "round {round}: security headers: {text}"
         );
         // An origin with a byte no browser sends is not on the list.

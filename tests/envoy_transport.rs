@@ -72,3 +72,32 @@ fn without_require_tls_both_chains_serve() {
     assert_eq!(envoy.request("GET", "/docs/a", &[]).status, 200);
     assert_eq!(envoy.https_request("GET", "/docs/a", &[]).status, 200);
 }
+
+#[test]
+fn strict_transport_security_goes_out_over_tls_only() {
+    const HSTS: &str = "strict-transport-security";
+    const VALUE: &str = "max-age=63072000; includeSubDomains";
+    // Without require_tls, with and without trust_forwarded_proto.
+    for trust in [false, true] {
+        let config = json!({
+            "trust_forwarded_proto": trust,
+            "routes": [ { "name": "open", "match": { "path_prefix": "/" }, "auth": "none" } ]
+        });
+        let envoy = Envoy::start(EnvoyOptions {
+            plugin_config: Some(config.to_string()),
+            tls: true,
+            ..Default::default()
+        });
+        let case = format!("trust_forwarded_proto {trust}");
+        let tls = envoy.https_request("GET", "/docs/a", &[]);
+        assert_eq!(tls.status, 200, "{case}");
+        assert_eq!(tls.header_all(HSTS), vec![VALUE], "{case}: over TLS");
+        let plain = envoy.request("GET", "/docs/a", &[]);
+        assert_eq!(plain.status, 200, "{case}");
+        assert!(plain.header_all(HSTS).is_empty(), "{case}: plain text");
+        assert_eq!(plain.header("x-content-type-options"), Some("nosniff"));
+        // (Whether a trusted hop's x-forwarded-proto counts is core/tests/pipeline.rs's
+        // `strict_transport_security_only_over_tls`: this harness's Envoy trusts no hop, so it
+        // writes the header itself.)
+    }
+}

@@ -290,6 +290,60 @@ fn check_validates_events_auth_success() {
 }
 
 #[test]
+fn check_refuses_bad_claim_pointers_with_their_paths() {
+    let provider = |extra: &str| {
+        format!(
+            r#"{{"name":"kc","issuer":"https://kc.test","audiences":["api"],"algorithms":["HS256"],
+                "jwks":{{"inline":{{"keys":[{{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA","alg":"HS256"}}]}}}}{extra}}}"#
+        )
+    };
+    let good = scratch_file(
+        "pointers-good.json",
+        &format!(
+            r#"{{"jwt":{{"providers":[{}]}},"routes":[
+                {{"name":"admin","match":{{"path_template":"/users/{{id}}"}},"auth":"jwt",
+                  "require":{{"roles_any":["admin"],"claims":{{"/https:~1~1example.com~1tenant":"t1"}}}},
+                  "owner":{{"param":"id","claim":"/ext/uid"}}}}]}}"#,
+            provider(
+                r#","roles_claim":"/realm_access/roles","scopes_claim":"scp","claims_to_headers":[{"claim":"/resource_access/app/roles","header":"x-app-roles"}]"#
+            )
+        ),
+    );
+    let out = run(&["check", good.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    let bad = scratch_file(
+        "pointers-bad.json",
+        &format!(
+            r#"{{"jwt":{{"providers":[{}]}},"routes":[
+                {{"name":"admin","match":{{"path_template":"/users/{{id}}"}},"auth":"jwt",
+                  "require":{{"claims":{{"/tenant~":"t1"}}}},
+                  "owner":{{"param":"id","claim":"/ext/~2"}}}}]}}"#,
+            provider(
+                r#","roles_claim":"/realm_access~/roles","scopes_claim":"/~x","claims_to_headers":[{"claim":"/a/~","header":"x-a"}]"#
+            )
+        ),
+    );
+    let out = run(&["check", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    for path in [
+        "jwt.providers[0].claims_to_headers[0].claim: ",
+        "jwt.providers[0].roles_claim: ",
+        "jwt.providers[0].scopes_claim: ",
+        "routes[0].require.claims[\"/tenant~\"]: ",
+        "routes[0].owner.claim: ",
+    ] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|line| line.contains(path) && line.contains("not a valid JSON Pointer")),
+            "{path} not refused:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
 fn check_an_envoy_yaml_with_a_bad_plugin_config() {
     let demo = std::fs::read_to_string(Path::new(CRATE).join("envoy/demo.yaml")).unwrap();
     // The public route (routes[3]) names a rate limit that does not exist.

@@ -108,6 +108,8 @@ struct FakeEnvoy {
     failures: Vec<String>,
     /// The counters the adapter incremented.
     counted: Vec<MetricId>,
+    /// What the host says of the connection's TLS.
+    connection_tls: Option<bool>,
 }
 
 impl FakeEnvoy {
@@ -125,6 +127,7 @@ impl FakeEnvoy {
             waiting_for_keys: false,
             failures: Vec::new(),
             counted: Vec::new(),
+            connection_tls: Some(false),
         }
     }
 
@@ -206,6 +209,10 @@ impl FlowQueries for FakeEnvoy {
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {
         Some(b"via_upstream".to_vec())
+    }
+
+    fn connection_is_tls(&mut self) -> Option<bool> {
+        self.connection_tls
     }
 }
 
@@ -524,6 +531,49 @@ fn a_request_still_without_keys_at_its_deadline_gets_503() {
         .on_keys_settled(&stream.policy, &mut stream.envoy);
     assert_eq!(stream.envoy.execute(step), Next::Pause);
     assert_eq!(stream.envoy.reply_status(), Some(503));
+}
+
+/// Envoy's own reply to a request the filter never saw (refused before the filter): HSTS only
+/// when the host says the connection is TLS; a host that cannot say means none.
+#[test]
+fn a_reply_to_a_request_never_seen_gets_hsts_only_over_tls() {
+    for (tls, want) in [(Some(true), true), (Some(false), false), (None, false)] {
+        let mut stream = Stream::new(inline_policy("enforce"));
+        stream.envoy.connection_tls = tls;
+        let envoy_reply: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"400"),
+            (b"strict-transport-security", b"max-age=0"),
+        ];
+        let mut written = Vec::new();
+        stream.flow.on_response_headers(
+            Some(&stream.policy),
+            &envoy_reply,
+            true,
+            &mut stream.envoy,
+            &mut |headers| {
+                written = headers
+                    .iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect();
+                Ok(())
+            },
+        );
+        let hsts: Vec<&[u8]> = written
+            .iter()
+            .filter(|(n, _)| n == b"strict-transport-security")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        let expected: Vec<&[u8]> = if want {
+            vec![b"max-age=63072000; includeSubDomains"]
+        } else {
+            vec![]
+        };
+        assert_eq!(hsts, expected, "connection TLS {tls:?}");
+        assert!(
+            written.iter().any(|(n, _)| n == b"x-content-type-options"),
+            "{tls:?}"
+        );
+    }
 }
 
 #[test]

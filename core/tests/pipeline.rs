@@ -388,13 +388,109 @@ fn require_tls_refuses_or_redirects_plain_text_and_trusts_no_client_header() {
     }
 }
 
+/// The value of `name` the response to `decision`'s request gets, from every origin.
+fn planned_header(policy: &Policy, decision: &Decision, name: &str) -> Vec<Option<String>> {
+    use api_guard_core::response::error_rewrite::ResponseOrigin;
+    [
+        (200, ResponseOrigin::Upstream),
+        (403, ResponseOrigin::Filter),
+        (503, ResponseOrigin::Envoy),
+    ]
+    .into_iter()
+    .map(|(status, origin)| {
+        policy
+            .plan_response(&decision.response, status, origin)
+            .set
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    })
+    .collect()
+}
+
 #[test]
-fn require_tls_values_are_checked() {
-    for (value, trust) in [
-        (json!("yes"), false),
-        (json!(1), false),
+fn strict_transport_security_only_over_tls() {
+    const HSTS: &str = "strict-transport-security";
+    let sent = vec![Some("max-age=63072000; includeSubDomains".to_string()); 3];
+    let never = vec![None; 3];
+    for (require_tls, trust) in [
+        (json!(false), false),
+        (json!(true), false),
         (json!(false), true),
     ] {
+        let policy = tls_policy(require_tls.clone(), trust);
+        let case = format!("require_tls {require_tls}, trust_forwarded_proto {trust}");
+        let tls = over(&policy, "GET", true, &[]);
+        assert_eq!(
+            planned_header(&policy, &tls, HSTS),
+            sent,
+            "{case}: over TLS"
+        );
+        let plain = over(&policy, "GET", false, &[]);
+        assert_eq!(
+            planned_header(&policy, &plain, HSTS),
+            never,
+            "{case}: plain"
+        );
+        // An upstream's own is stripped over plain HTTP, and replaced over TLS.
+        let edits = policy.plan_response(
+            &plain.response,
+            200,
+            api_guard_core::response::error_rewrite::ResponseOrigin::Upstream,
+        );
+        assert!(
+            edits.remove.contains(&HSTS),
+            "{case}: removed over plain HTTP"
+        );
+        let edits = policy.plan_response(
+            &tls.response,
+            200,
+            api_guard_core::response::error_rewrite::ResponseOrigin::Upstream,
+        );
+        assert!(!edits.remove.contains(&HSTS), "{case}: set over TLS");
+        // The other security headers go out either way.
+        assert_eq!(
+            planned_header(&policy, &plain, "x-content-type-options"),
+            vec![Some("nosniff".to_string()); 3],
+            "{case}"
+        );
+        let forwarded = over(&policy, "GET", false, &[("x-forwarded-proto", "https")]);
+        let want = if trust { &sent } else { &never };
+        assert_eq!(
+            &planned_header(&policy, &forwarded, HSTS),
+            want,
+            "{case}: a client's x-forwarded-proto counts only from a trusted hop"
+        );
+        let listed = over(
+            &policy,
+            "GET",
+            false,
+            &[("x-forwarded-proto", "http, https")],
+        );
+        assert_eq!(
+            planned_header(&policy, &listed, HSTS),
+            never,
+            "{case}: a list"
+        );
+    }
+    // An override of its value is also sent only over TLS.
+    let config = json!({
+        "security_headers": { "set": { HSTS: "max-age=300" } },
+        "routes": [ { "name": "open", "match": { "path_prefix": "/" }, "auth": "none" } ]
+    });
+    let policy = config::load(config.to_string().as_bytes()).unwrap();
+    let tls = over(&policy, "GET", true, &[]);
+    assert_eq!(
+        planned_header(&policy, &tls, HSTS),
+        vec![Some("max-age=300".to_string()); 3]
+    );
+    let plain = over(&policy, "GET", false, &[]);
+    assert_eq!(planned_header(&policy, &plain, HSTS), never);
+}
+
+#[test]
+fn require_tls_values_are_checked() {
+    for (value, trust) in [(json!("yes"), false), (json!(1), false)] {
         let config = json!({ "require_tls": value, "trust_forwarded_proto": trust,
             "routes": [ { "name": "open", "match": { "path_prefix": "/" }, "auth": "none" } ] });
         let Err(errors) = config::load(config.to_string().as_bytes()) else {

@@ -379,6 +379,10 @@ impl FlowQueries for EnvoyQueries<'_> {
             .ok()
             .flatten()
     }
+
+    fn connection_is_tls(&mut self) -> Option<bool> {
+        connection_is_tls()
+    }
 }
 
 /// One stream: the core's flow, which decides, and the host bookkeeping the root needs to find

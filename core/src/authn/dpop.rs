@@ -93,7 +93,7 @@ impl BindingRefusal {
 pub struct ProofTarget<'a> {
     /// `:method` as received.
     pub method: &'a str,
-    /// `https` or `http`: the transport as Envoy saw it (see `Policy::arrived_over_https`).
+    /// `https` or `http`: the transport as Envoy saw it (see `Policy::arrived_over_tls`).
     pub scheme: &'a str,
     /// `:authority` as received.
     pub authority: &'a str,

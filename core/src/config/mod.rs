@@ -205,18 +205,8 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
 
     let require_tls = collect(compile_require_tls(raw.require_tls.as_ref()), &mut errors)
         .unwrap_or(RequireTls::Off);
-    // The scheme also decides which URL a DPoP proof must name (`authn::dpop`).
-    let uses_dpop = jwt.as_ref().is_some_and(|jwt| {
-        jwt.providers
-            .iter()
-            .any(|p| p.dpop != crate::authn::dpop::DpopMode::Off)
-    });
-    if raw.trust_forwarded_proto && require_tls == RequireTls::Off && !uses_dpop {
-        errors.push(ConfigError::new(
-            "trust_forwarded_proto",
-            "only means something with \"require_tls\" or a jwt provider's \"dpop\": set one, or remove it",
-        ));
-    }
+    // `trust_forwarded_proto` also decides whether `strict-transport-security` is sent, so it
+    // stands without `require_tls` (behind a TLS-terminating proxy that Envoy trusts).
     let deny_ips = raw
         .deny_ips
         .as_ref()

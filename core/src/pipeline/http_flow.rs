@@ -45,6 +45,10 @@ pub trait FlowQueries {
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
     /// Why the host answered as it did (Envoy's `response.code_details`).
     fn response_code_details(&mut self) -> Option<Vec<u8>>;
+    /// Whether the downstream connection is TLS (Envoy's `connection.tls_version`); `None`
+    /// when the host cannot say. Asked on the response path only for a response whose request
+    /// the filter never saw (Envoy's own replies to requests it refused before the filter).
+    fn connection_is_tls(&mut self) -> Option<bool>;
 }
 
 /// What the adapter does, in order. A command the host refuses makes the adapter call
@@ -248,6 +252,8 @@ impl HttpFlow {
         host: &mut dyn FlowQueries,
     ) -> Step {
         self.response.request_id.clone_from(&head.request_id);
+        // Known before deciding, so that a fail-closed answer gets the same headers.
+        self.response.over_tls = policy.arrived_over_tls(&head);
         let decided = host.decide(true, &mut |env| policy.check_request(&head, env));
         match decided {
             Ok(decision) => self.carry_out(policy, decision, Some(head), None, end_of_stream, host),
@@ -417,9 +423,15 @@ impl HttpFlow {
         host: &mut dyn FlowQueries,
         write: &mut WriteHeaders<'_>,
     ) -> ResponseHeaders {
+        if matches!(self.request, RequestPhase::Undecided) || policy.is_none() {
+            // No request head was decided on (or none with a policy): the connection alone
+            // says whether `strict-transport-security` may go out.
+            self.response.over_tls = host.connection_is_tls().unwrap_or(false);
+        }
         let Some(policy) = policy else {
             self.response_phase = ResponsePhase::Passing;
-            let fallback = fallback_response_edits(&self.response.request_id);
+            let fallback =
+                fallback_response_edits(&self.response.request_id, self.response.over_tls);
             return match write(&fallback.edits().merge(headers)) {
                 Ok(()) => ResponseHeaders::Written { event: None },
                 Err(()) => ResponseHeaders::WriteFailed,
@@ -736,7 +748,8 @@ impl HttpFlow {
         let edits = match policy {
             Some(policy) => policy.plan_response(&self.response, status, ResponseOrigin::Filter),
             None => {
-                fallback = fallback_response_edits(&self.response.request_id);
+                fallback =
+                    fallback_response_edits(&self.response.request_id, self.response.over_tls);
                 fallback.edits()
             }
         };

@@ -17,7 +17,7 @@
 //! 6. `authenticate` (a verified token's DPoP binding last, `check_dpop`); its refusals still
 //!    count against the client's rate limit, so that brute force on a login route is throttled;
 //! 7. `rate_limit` (after authentication, so that the principal is known);
-//! 8. `authorize`: scopes and roles (403), then the owner rule (404, never 403);
+//! 8. `authorize`: scopes, roles and required claims (403), then the owner rule (404, never 403);
 //! 9. `forward_or_hold_body`; then [`Policy::check_body`]: webhook signature and body schema,
 //!    once the body has arrived.
 //!
@@ -52,7 +52,7 @@ use crate::response::reply::{
     envelope_with_details, ErrorCode, LocalReply, CHALLENGE_BAD_DPOP_PROOF, CHALLENGE_BAD_TOKEN,
     CHALLENGE_NO_TOKEN,
 };
-use crate::response::security_headers::SecurityHeaders;
+use crate::response::security_headers::{SecurityHeaders, HSTS};
 use crate::support::events::{AuthSuccess, SecurityEvent};
 use crate::support::metrics::{
     DecisionLabel, MetricsPlan, RateLimitResult, Tally, WebhookResult, TOKEN_CACHE_HIT_ID,
@@ -231,6 +231,10 @@ pub struct ResponseContext {
     /// Rate-limit headers of the route's limit, for every response on that route.
     pub rate_limit_headers: Vec<(&'static str, String)>,
     pub is_head: bool,
+    /// The request arrived over TLS, as Envoy saw the connection (or, with
+    /// `trust_forwarded_proto`, as the trusted hop's `x-forwarded-proto` says): only then is
+    /// `strict-transport-security` sent (RFC 6797 section 7.2: never over plain HTTP).
+    pub over_tls: bool,
     /// A streaming bound on the request body (413 once exceeded), for routes with
     /// `max_body_bytes` that do not read the body whole.
     pub stream_body_limit: Option<u64>,
@@ -326,10 +330,18 @@ impl<'p> Authenticated<'p> {
         }
     }
 
-    /// What authorization decides on. When both credentials verified, the token's claims do.
-    fn identity(&self) -> Option<Identity<'_>> {
+    /// What authorization decides on. When both credentials verified, the token's claims do,
+    /// read where the token's provider puts roles and scopes (a token whose provider cannot
+    /// be found has no identity: fail closed).
+    fn identity<'s>(&'s self, jwt: Option<&'s JwtAuth>) -> Option<Identity<'s>> {
         match (self.token(), self.api_key()) {
-            (Some(token), _) => Some(Identity::from_jwt_claims(&token.claims)),
+            (Some(token), _) => {
+                let provider = jwt?.providers.get(token.provider)?;
+                Some(Identity::from_jwt_claims(
+                    &token.claims,
+                    &provider.identity_claims,
+                ))
+            }
             (None, Some(key)) => Some(Identity::from_api_key(key)),
             (None, None) => None,
         }
@@ -380,6 +392,7 @@ impl Policy {
                 request_id: head.request_id.clone(),
                 origin: request_origin(head).map(str::to_owned),
                 is_head: head.method == "HEAD",
+                over_tls: self.arrived_over_tls(head),
                 ..ResponseContext::default()
             },
             route: None,
@@ -668,12 +681,32 @@ impl Policy {
         self.forward_or_hold_body(&matched, body_bound, work)
     }
 
+    /// Whether the request arrived over TLS: what Envoy saw on the connection, or, only when
+    /// the operator says a proxy Envoy trusts terminated TLS in front of it
+    /// (`trust_forwarded_proto`), exactly one `x-forwarded-proto: https` (any client can send
+    /// the header). Decides `require_tls`, whether `strict-transport-security` is sent, and the
+    /// scheme a DPoP proof's `htu` must name.
+    pub fn arrived_over_tls(&self, head: &RequestHead) -> bool {
+        if head.over_tls() {
+            return true;
+        }
+        if self.trust_forwarded_proto {
+            let mut protos = head.header_values("x-forwarded-proto");
+            // One value, exactly `https`: a list (`http, https`) names several hops, and the
+            // nearest one is what Envoy's trusted hop said.
+            if let (Some(proto), None) = (protos.next(), protos.next()) {
+                return proto.trim().eq_ignore_ascii_case("https");
+            }
+        }
+        false
+    }
+
     /// Transport: with `require_tls`, a request that did not arrive over TLS goes no further.
     /// TLS is what Envoy saw on the connection; `x-forwarded-proto` only counts when the
     /// operator says a proxy Envoy trusts terminated TLS in front of it (`trust_forwarded_proto`),
     /// since any client can send the header.
     fn transport(&self, head: &RequestHead) -> Result<(), Refusal> {
-        if self.require_tls == RequireTls::Off || self.arrived_over_https(head) {
+        if self.require_tls == RequireTls::Off || self.arrived_over_tls(head) {
             return Ok(());
         }
         let request_id = head.request_id.as_str();
@@ -698,24 +731,6 @@ impl Policy {
             "tls_required",
             "request not over TLS",
         ))
-    }
-
-    /// Whether the request came over TLS: on the connection Envoy saw, or, when the operator
-    /// says a proxy Envoy trusts terminated TLS in front of it (`trust_forwarded_proto`), as
-    /// that proxy's `x-forwarded-proto` says. The scheme a DPoP proof's `htu` must name.
-    fn arrived_over_https(&self, head: &RequestHead) -> bool {
-        if head.over_tls() {
-            return true;
-        }
-        if self.trust_forwarded_proto {
-            let mut protos = head.header_values("x-forwarded-proto");
-            // One value, exactly `https`: a list (`http, https`) names several hops, and the
-            // nearest one is what Envoy's trusted hop said.
-            if let (Some(proto), None) = (protos.next(), protos.next()) {
-                return proto.trim().eq_ignore_ascii_case("https");
-            }
-        }
-        false
     }
 
     /// Screen: what no route may see. An unreadable head, a path that cannot be normalised
@@ -890,7 +905,7 @@ impl Policy {
         Ok(body_bound)
     }
 
-    /// Authorize: the route's `require` (scopes, roles: 403), then its owner rule (404, never
+    /// Authorize: the route's `require` (scopes, roles, claims: 403), then its owner rule (404, never
     /// 403: a 403 would confirm that the object exists).
     fn authorize(
         &self,
@@ -900,7 +915,7 @@ impl Policy {
         work: &mut Work<'_, '_>,
     ) -> Result<(), Refusal> {
         let request_id = work.head.request_id.as_str();
-        let identity = authenticated.identity();
+        let identity = authenticated.identity(self.jwt.as_ref());
         if let Some(requirement) = &route.require {
             let identity = identity.as_ref().ok_or_else(|| {
                 Refusal::new(
@@ -909,11 +924,11 @@ impl Policy {
                     "no identity on a route with requirements",
                 )
             })?;
-            if let Err(rule) = requirement.check(identity) {
+            if let Err(unmet) = requirement.check(identity) {
                 return Err(Refusal::new(
                     LocalReply::new(ErrorCode::Forbidden, request_id),
                     "authz_denied",
-                    format!("require.{rule} not satisfied"),
+                    format!("{unmet} not satisfied"),
                 ));
             }
             work.allow_event = Some(("authz_allowed", "require satisfied".into()));
@@ -1143,7 +1158,7 @@ impl Policy {
         );
         let target = ProofTarget {
             method: &head.method,
-            scheme: if self.arrived_over_https(head) {
+            scheme: if self.arrived_over_tls(head) {
                 "https"
             } else {
                 "http"
@@ -1385,12 +1400,13 @@ impl Policy {
         edits
             .remove
             .extend(self.security_headers.to_remove().iter().map(String::as_str));
-        edits.set.extend(
-            self.security_headers
-                .to_set()
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str())),
-        );
+        edits
+            .set
+            .extend(self.security_headers.to_set_over(ctx.over_tls));
+        if !ctx.over_tls {
+            // Nor an upstream's own over plain HTTP (`max-age=0` would even clear the pin).
+            edits.remove.push(HSTS);
+        }
         if let Some(cors) = &self.cors {
             if origin != ResponseOrigin::Filter {
                 // CORS is the filter's to answer: an upstream's own `Access-Control-Allow-Origin:
@@ -1433,12 +1449,16 @@ impl Policy {
 pub struct FallbackResponse {
     defaults: Option<SecurityHeaders>,
     request_id: String,
+    over_tls: bool,
 }
 
-pub fn fallback_response_edits(request_id: &str) -> FallbackResponse {
+/// `over_tls`: whether the request is known to have arrived over TLS (`false` when the filter
+/// cannot tell, so `strict-transport-security` is left out rather than sent over plain HTTP).
+pub fn fallback_response_edits(request_id: &str, over_tls: bool) -> FallbackResponse {
     FallbackResponse {
         defaults: SecurityHeaders::compile(None, "security_headers").ok(),
         request_id: request_id.to_string(),
+        over_tls,
     }
 }
 
@@ -1449,12 +1469,10 @@ impl FallbackResponse {
             edits
                 .remove
                 .extend(defaults.to_remove().iter().map(String::as_str));
-            edits.set.extend(
-                defaults
-                    .to_set()
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
-            );
+            edits.set.extend(defaults.to_set_over(self.over_tls));
+            if !self.over_tls {
+                edits.remove.push(HSTS);
+            }
         }
         if !self.request_id.is_empty() {
             edits.set.push(("x-request-id", self.request_id.as_str()));

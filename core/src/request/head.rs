@@ -9,7 +9,8 @@ use std::ops::Range;
 pub type AddressSource = Box<dyn Fn() -> Option<String>>;
 
 /// Asks the host whether the downstream connection is TLS (`connection.tls_version`); `None`
-/// when it cannot say. Asked only when `require_tls` is on.
+/// when it cannot say. Asked once per request: `require_tls` and `strict-transport-security`
+/// (sent only over TLS) depend on it.
 pub type TlsSource = Box<dyn Fn() -> Option<bool>>;
 
 pub struct RequestHead {

@@ -47,6 +47,9 @@ pub const DEFAULT_SET: [(&str, &str); 8] = [
     ("x-xss-protection", "0"),
 ];
 
+/// Sent only in answer to a request that arrived over TLS: see [`SecurityHeaders::to_set_over`].
+pub const HSTS: &str = "strict-transport-security";
+
 /// Headers that reveal the software behind the gateway.
 pub const DEFAULT_REMOVE: [&str; 3] = ["server", "x-powered-by", "x-envoy-upstream-service-time"];
 
@@ -156,6 +159,17 @@ impl SecurityHeaders {
     /// the spec's order with `set` overrides applied in place, then added headers by name.
     pub fn to_set(&self) -> &[(String, String)] {
         &self.set
+    }
+
+    /// [`Self::to_set`] for a response to a request that arrived over TLS (`over_tls`) or not:
+    /// `strict-transport-security` only over TLS. RFC 6797 section 7.2: a host must not send it
+    /// over plain HTTP (a client ignores it there, and a plain-text answer that carries it is
+    /// one an attacker on the path could have written).
+    pub fn to_set_over(&self, over_tls: bool) -> impl Iterator<Item = (&str, &str)> {
+        self.set
+            .iter()
+            .filter(move |(name, _)| over_tls || name != HSTS)
+            .map(|(name, value)| (name.as_str(), value.as_str()))
     }
 
     /// Headers to strip from every response.

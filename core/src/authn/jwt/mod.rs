@@ -4,6 +4,7 @@
 pub mod alg;
 pub mod b64url;
 pub mod cache;
+pub mod claim_path;
 pub mod claims;
 pub mod jwk;
 pub mod remote;
@@ -15,6 +16,7 @@ use crate::config::error::{index, join, ConfigError};
 use crate::request::head::RequestHead;
 use alg::{Alg, KeyFamily};
 use cache::TokenCache;
+use claim_path::{ClaimPath, ProviderClaims, ScopeClaim};
 use claims::{ClaimRefusal, ClaimRules, TimeBounds};
 use jwk::Jwk;
 use remote::{RemoteJwks, RemoteKeys};
@@ -54,6 +56,12 @@ pub struct ProviderConfig {
     /// RFC 9449 sender-constrained tokens (`authn::dpop`).
     #[serde(default)]
     pub dpop: DpopMode,
+    /// Where roles are read (default `roles`); a `/` name is a JSON Pointer.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Where scopes are read (default `scope` then `scp`); a `/` name is a JSON Pointer.
+    #[serde(default)]
+    pub scopes_claim: Option<String>,
 }
 
 fn default_clock_skew() -> u64 {
@@ -130,9 +138,12 @@ pub struct Provider {
     pub require_expiration: bool,
     /// Indexes into `JwtAuth::sources`.
     pub sources: Vec<usize>,
-    pub claims_to_headers: Vec<(String, String)>,
+    /// Claim, and the (lower-case) header it is copied into.
+    pub claims_to_headers: Vec<(ClaimPath, String)>,
     pub forward_token: bool,
     pub dpop: DpopMode,
+    /// Where this provider's tokens carry roles and scopes.
+    pub identity_claims: ProviderClaims,
 }
 
 impl Provider {
@@ -470,7 +481,7 @@ impl JwtAuth {
         }
         let mut upstream_headers = Vec::with_capacity(provider.claims_to_headers.len());
         for (claim, header) in &provider.claims_to_headers {
-            if let Some(value) = untrusted.claims.get(claim) {
+            if let Some(value) = claim.lookup(&untrusted.claims) {
                 let rendered = render_claim(value)
                     .ok_or(refused("claim cannot be forwarded as a header value"))?;
                 upstream_headers.push((header.clone(), rendered));
@@ -748,12 +759,13 @@ fn compile_provider(
     let c2h_at = join(at, "claims_to_headers");
     for (i, c) in p.claims_to_headers.iter().enumerate() {
         let header = c.header.to_ascii_lowercase();
-        if c.claim.is_empty() {
-            errors.push(ConfigError::new(
-                join(&index(&c2h_at, i), "claim"),
-                "must not be empty",
-            ));
-        }
+        let claim = match ClaimPath::compile(&c.claim, &join(&index(&c2h_at, i), "claim")) {
+            Ok(claim) => claim,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
+        };
         if !is_header_name(&header) || RESERVED_HEADERS.contains(&header.as_str()) {
             errors.push(ConfigError::new(
                 join(&index(&c2h_at, i), "header"),
@@ -765,7 +777,20 @@ fn compile_provider(
                 "header set twice",
             ));
         } else {
-            claims_to_headers.push((c.claim.clone(), header));
+            claims_to_headers.push((claim, header));
+        }
+    }
+    let mut identity_claims = ProviderClaims::default();
+    if let Some(name) = &p.roles_claim {
+        match ClaimPath::compile(name, &join(at, "roles_claim")) {
+            Ok(path) => identity_claims.roles = path,
+            Err(error) => errors.push(error),
+        }
+    }
+    if let Some(name) = &p.scopes_claim {
+        match ClaimPath::compile(name, &join(at, "scopes_claim")) {
+            Ok(path) => identity_claims.scopes = vec![ScopeClaim { path, arrays: true }],
+            Err(error) => errors.push(error),
         }
     }
     if p.max_lifetime_seconds == Some(0) {
@@ -797,5 +822,6 @@ fn compile_provider(
         claims_to_headers,
         forward_token: p.forward_token,
         dpop: p.dpop,
+        identity_claims,
     })
 }
