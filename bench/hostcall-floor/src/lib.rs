@@ -15,8 +15,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot) });
 }}
 
-const ADDED_RESPONSE_HEADERS: [(&str, &str); 17] = [
-    ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+// The headers api-guard adds to an accepted response over plain HTTP (no
+// strict-transport-security: it goes out over TLS only).
+const ADDED_RESPONSE_HEADERS: [(&str, &str); 16] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
     ("referrer-policy", "strict-origin-when-cross-origin"),
