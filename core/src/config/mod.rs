@@ -12,6 +12,7 @@ use crate::body::schema::BodySchema;
 use crate::body::webhook::{Webhook, WebhookConfig};
 use crate::config::error::{index, join, ConfigError};
 use crate::limits::rate_limit::{self, RateLimit};
+use crate::limits::rate_limit_service::{self, RateLimitService};
 use crate::pipeline::policy::{Auth, Mode, Policy, RequireTls, Route, API_KEY_ID_HEADER};
 use crate::request::firewall::{AmbiguousCase, Firewall, FirewallConfig, OVERRIDE_HEADERS};
 use crate::request::network::IpList;
@@ -37,6 +38,9 @@ struct RawConfig {
     /// Compiled by `rate_limit::compile_section` (limit names are user-chosen keys).
     #[serde(default)]
     rate_limits: Option<Value>,
+    /// Compiled by `rate_limit_service::compile_services`.
+    #[serde(default)]
+    rate_limit_services: Option<Value>,
     #[serde(default)]
     cors: Option<CorsConfig>,
     #[serde(default)]
@@ -89,7 +93,7 @@ struct RawRoute {
     #[serde(default)]
     owner: Option<OwnerConfig>,
     #[serde(default)]
-    rate_limit: Option<String>,
+    rate_limit: Option<RawRateLimitRef>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
     #[serde(default)]
@@ -100,6 +104,30 @@ struct RawRoute {
     allow_ips: Option<Vec<String>>,
     #[serde(default)]
     deny_ips: Option<Vec<String>>,
+}
+
+/// `routes[].rate_limit`: one limit's name, or a list of names (at most one local limit and one
+/// service limit: the local one is checked first).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRateLimitRef {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl RawRateLimitRef {
+    fn names(&self) -> Vec<&str> {
+        match self {
+            RawRateLimitRef::One(name) => vec![name.as_str()],
+            RawRateLimitRef::Several(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// The limits routes may name: the local ones (shared data) and the services'.
+struct LimitNames {
+    local: Vec<String>,
+    service: Vec<String>,
 }
 
 /// Parses and compiles the plugin configuration. All errors are returned, not just the first.
@@ -177,7 +205,33 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         .unwrap_or_default(),
         None => BTreeMap::new(),
     };
-    let rate_limit_names: Vec<String> = rate_limits.keys().cloned().collect();
+    let services: BTreeMap<String, RateLimitService> = match &raw.rate_limit_services {
+        Some(section) => collect(
+            rate_limit_service::compile_services(section, "rate_limit_services"),
+            &mut errors,
+        )
+        .unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let service_names: Vec<String> = services.keys().cloned().collect();
+    let mut service_limits = Vec::new();
+    if let Some(members) = raw.rate_limits.as_ref().and_then(Value::as_object) {
+        for (name, value) in members {
+            if rate_limit_service::is_service_limit(value) {
+                let at = join("rate_limits", name);
+                if let Some(limit) = collect(
+                    rate_limit_service::compile_limit(name, value, &at, &service_names),
+                    &mut errors,
+                ) {
+                    service_limits.push(limit);
+                }
+            }
+        }
+    }
+    let limit_names = LimitNames {
+        local: rate_limits.keys().cloned().collect(),
+        service: service_limits.iter().map(|l| l.name.clone()).collect(),
+    };
     let cors = raw
         .cors
         .as_ref()
@@ -223,8 +277,7 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
         let at = index("routes", i);
-        if let Some(route) =
-            compile_route(r, &at, &raw, &rate_limit_names, &webhook_names, &mut errors)
+        if let Some(route) = compile_route(r, &at, &raw, &limit_names, &webhook_names, &mut errors)
         {
             if raw.routes[..i].iter().any(|other| other.name == r.name) {
                 errors.push(ConfigError::new(
@@ -272,6 +325,8 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         api_keys,
         routes,
         rate_limits: rate_limits.into_values().collect(),
+        rate_limit_services: services.into_values().collect(),
+        service_limits,
         cors,
         security_headers,
         errors: errors_rewrite,
@@ -287,6 +342,48 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         require_tls,
         trust_forwarded_proto: raw.trust_forwarded_proto,
     })
+}
+
+/// A route's limits: at most one local limit and one service limit.
+fn compile_route_limits(
+    names: &[&str],
+    at: &str,
+    limit_names: &LimitNames,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<usize>, Option<usize>) {
+    let (mut local, mut service) = (None, None);
+    if names.is_empty() {
+        errors.push(ConfigError::new(at, "names no rate limit"));
+    }
+    let several = names.len() > 1;
+    for (i, name) in names.iter().enumerate() {
+        let entry_at = if several {
+            index(at, i)
+        } else {
+            at.to_string()
+        };
+        let found = if let Some(l) = limit_names.local.iter().position(|n| n == name) {
+            (&mut local, l, "local")
+        } else if let Some(l) = limit_names.service.iter().position(|n| n == name) {
+            (&mut service, l, "service")
+        } else {
+            errors.push(ConfigError::new(
+                entry_at,
+                format!("unknown rate limit {name:?}"),
+            ));
+            continue;
+        };
+        let (slot, position, kind) = found;
+        if slot.is_some() {
+            errors.push(ConfigError::new(
+                entry_at,
+                format!("a route carries at most one {kind} limit"),
+            ));
+        } else {
+            *slot = Some(position);
+        }
+    }
+    (local, service)
 }
 
 /// `require_tls`: `false` (the default), `true` (400 `tls_required`) or `"redirect"` (308 to
@@ -307,7 +404,7 @@ fn compile_route(
     r: &RawRoute,
     at: &str,
     raw: &RawConfig,
-    rate_limit_names: &[String],
+    limit_names: &LimitNames,
     webhook_names: &[String],
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
@@ -358,18 +455,11 @@ fn compile_route(
             "an owner rule compares a token claim, so the route's auth must be \"jwt\" or \"jwt_or_api_key\"",
         ));
     }
-    let rate_limit = match &r.rate_limit {
-        None => None,
-        Some(name) => match rate_limit_names.iter().position(|n| n == name) {
-            Some(i) => Some(i),
-            None => {
-                errors.push(ConfigError::new(
-                    join(at, "rate_limit"),
-                    format!("unknown rate limit {name:?}"),
-                ));
-                None
-            }
-        },
+    let (rate_limit, service_limit) = match &r.rate_limit {
+        None => (None, None),
+        Some(names) => {
+            compile_route_limits(&names.names(), &join(at, "rate_limit"), limit_names, errors)
+        }
     };
     if r.max_body_bytes == Some(0) {
         errors.push(ConfigError::new(
@@ -414,6 +504,7 @@ fn compile_route(
         require,
         owner,
         rate_limit,
+        service_limit,
         max_body_bytes: r.max_body_bytes,
         webhook,
         body_schema,
