@@ -22,6 +22,15 @@ const DOMAIN: &str = "api-guard";
 /// The limit every key kind gets from the service's limits file.
 const LIMIT: u64 = 5;
 
+/// The engine of the failure-mode and latency tests: `FLEET_ENGINE` (`limitador`, the default,
+/// or `redis`).
+fn engine_under_test() -> &'static str {
+    match std::env::var("FLEET_ENGINE").as_deref() {
+        Ok("redis") => "redis",
+        _ => "limitador",
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -392,7 +401,7 @@ fn failed_event(envoy: &Envoy, route: &str) -> Value {
 #[ignore = "needs redis-server and tools/limitador-rls: make test-fleet"]
 fn service_down_stalled_restarted_and_redis_down_follow_failure_mode() {
     let keys = keys();
-    let mut fleet = Fleet::start("limitador", &keys);
+    let mut fleet = Fleet::start(engine_under_test(), &keys);
     assert_eq!(fleet.get(0, "/deny", &[]).status, 200);
 
     // Down: deny answers 503, allow admits; an event names the reason either way.
@@ -417,7 +426,7 @@ fn service_down_stalled_restarted_and_redis_down_follow_failure_mode() {
     assert_eq!(event["code"], "allowed", "{event}");
 
     // Restarted on the same port: the limit is back, with the counts kept in Redis.
-    fleet.rls = start_rls("limitador", fleet.redis.port, Some(rls_port));
+    fleet.rls = start_rls(engine_under_test(), fleet.redis.port, Some(rls_port));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let response = fleet.get(0, "/deny", &[]);
@@ -461,7 +470,7 @@ fn service_down_stalled_restarted_and_redis_down_follow_failure_mode() {
 #[ignore = "needs redis-server and tools/limitador-rls: make test-fleet"]
 fn latency_of_a_service_limit_against_the_local_limiter() {
     let keys = keys();
-    let fleet = Fleet::start("limitador", &keys);
+    let fleet = Fleet::start(engine_under_test(), &keys);
     let envoy = &fleet.envoys[0];
     let measure = |path: &str| {
         for _ in 0..20 {

@@ -128,6 +128,9 @@ impl RawRateLimitRef {
 struct LimitNames {
     local: Vec<String>,
     service: Vec<String>,
+    /// Every name in `rate_limits`, compiled or not: a limit that failed is reported once, at
+    /// its own path, not again on every route that names it.
+    declared: Vec<String>,
 }
 
 /// Parses and compiles the plugin configuration. All errors are returned, not just the first.
@@ -231,6 +234,12 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
     let limit_names = LimitNames {
         local: rate_limits.keys().cloned().collect(),
         service: service_limits.iter().map(|l| l.name.clone()).collect(),
+        declared: raw
+            .rate_limits
+            .as_ref()
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
     };
     let cors = raw
         .cors
@@ -367,10 +376,12 @@ fn compile_route_limits(
         } else if let Some(l) = limit_names.service.iter().position(|n| n == name) {
             (&mut service, l, "service")
         } else {
-            errors.push(ConfigError::new(
-                entry_at,
-                format!("unknown rate limit {name:?}"),
-            ));
+            if !limit_names.declared.iter().any(|n| n == name) {
+                errors.push(ConfigError::new(
+                    entry_at,
+                    format!("unknown rate limit {name:?}"),
+                ));
+            }
             continue;
         };
         let (slot, position, kind) = found;

@@ -111,7 +111,8 @@ pub mod code {
     pub const OVER_LIMIT: i32 = 2;
 }
 
-/// `envoy.type.v3.RateLimitUnit` and `RateLimitResponse.RateLimit.Unit` (the same numbers).
+/// `envoy.type.v3.RateLimitUnit` and `RateLimitResponse.RateLimit.Unit` (the same numbers; a
+/// unit not listed here gives no rate-limit headers).
 pub mod unit {
     pub const SECOND: i32 = 1;
     pub const MINUTE: i32 = 2;
@@ -119,7 +120,6 @@ pub mod unit {
     pub const DAY: i32 = 4;
     pub const MONTH: i32 = 5;
     pub const YEAR: i32 = 6;
-    pub const WEEK: i32 = 7;
 
     /// The seconds of a unit (a month as 30 days, a year as 365: for headers only).
     pub fn seconds(unit: i32) -> Option<u64> {
@@ -128,7 +128,6 @@ pub mod unit {
             MINUTE => Some(60),
             HOUR => Some(3600),
             DAY => Some(86_400),
-            WEEK => Some(604_800),
             MONTH => Some(2_592_000),
             YEAR => Some(31_536_000),
             _ => None,

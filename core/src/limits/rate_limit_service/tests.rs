@@ -136,8 +136,7 @@ fn the_enum_numbers_match_the_generated_ones() {
             unit::HOUR,
             unit::DAY,
             unit::MONTH,
-            unit::YEAR,
-            unit::WEEK
+            unit::YEAR
         ],
         [
             U::Second as i32,
@@ -145,8 +144,7 @@ fn the_enum_numbers_match_the_generated_ones() {
             U::Hour as i32,
             U::Day as i32,
             U::Month as i32,
-            U::Year as i32,
-            U::Week as i32
+            U::Year as i32
         ]
     );
     let _ = common_v3::RateLimitDescriptor::default();
