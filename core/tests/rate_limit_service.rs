@@ -150,7 +150,10 @@ fn header<'a>(headers: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a str> 
         .map(|(_, v)| std::str::from_utf8(v).unwrap())
 }
 
-fn reply_of(commands: &[Command]) -> (u16, &[(Vec<u8>, Vec<u8>)], &[u8]) {
+/// A reply's status, headers and body.
+type SentReply<'c> = (u16, &'c [(Vec<u8>, Vec<u8>)], &'c [u8]);
+
+fn reply_of(commands: &[Command]) -> SentReply<'_> {
     commands
         .iter()
         .find_map(|c| match c {
