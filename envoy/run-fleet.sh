@@ -11,7 +11,7 @@ trap stop EXIT INT TERM
 redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$tmp/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/6390) 2>/dev/null && break; sleep 0.1; done
-FLEET_ENGINE=${FLEET_ENGINE:-limitador} "$rls" 127.0.0.1:8081 redis://127.0.0.1:6390/ envoy/fleet-limits.yaml &
+FLEET_ENGINE=${FLEET_ENGINE:-limitador} "$rls" 127.0.0.1:8081 redis://127.0.0.1:6390/ tools/limitador-rls/fleet-limits.yaml &
 pids+=($!)
 sed -e 's/port_value: 10011/port_value: 10012/' -e 's/port_value: 9911/port_value: 9912/' \
     -e 's/port_value: 10021/port_value: 10022/' envoy/fleet.yaml > "$tmp/fleet-2.yaml"
