@@ -28,7 +28,8 @@ DRHEADER := $(VENV)/bin/drheader
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 jwcrypto clean \
-	oci test-oci registry-tools audit prometheus-bin test-rules test-prometheus prometheus
+	oci test-oci registry-tools audit prometheus-bin test-rules test-prometheus prometheus \
+	fleet-deps limitador-rls test-fleet run-fleet
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -216,6 +217,32 @@ audit: $(CARGO_DENY)
 	python3 audit/unpack_advisory_db.py "$(ADVISORY_DB_SNAPSHOT)" $(ADVISORY_DBS)
 	API_GUARD_ADVISORY_DBS=$(ADVISORY_DBS) $(CARGO_DENY) --offline check --hide-inclusion-graph
 	audit/rsa_private_key_scope.sh
+
+## fleet-deps: Debian's redis-server (the fleet tests' Redis) and libclang-dev (Limitador's
+## RocksDB dependency is compiled through bindgen), with apt-get when missing
+fleet-deps:
+	@{ command -v redis-server && ls /usr/lib/llvm-*/lib/libclang.so; } >/dev/null 2>&1 || { \
+		echo "installing Debian's redis-server and libclang-dev (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server libclang-dev clang >/dev/null; }
+	@command -v redis-server >/dev/null || { echo "redis-server not found" >&2; exit 1; }
+
+## limitador-rls: the Rate Limit Service of the fleet tests and the fleet demo (tools/limitador-rls,
+## its own cargo workspace: Limitador needs RocksDB and a C++ compile, 8-40 minutes cold on 2 cores)
+LIMITADOR_RLS := tools/limitador-rls/target/debug/limitador-rls
+limitador-rls: fleet-deps
+	cd tools/limitador-rls && nice cargo build --locked
+
+## test-fleet: two Envoys, one Rate Limit Service, one Redis (tests/envoy_fleet.rs, #[ignore]d in
+## make test): one limit across the fleet, every key kind, both engines, the failure modes, and the
+## latency a service limit adds (printed)
+test-fleet: build envoy limitador-rls
+	cargo test -p api-guard-envoy-tests --test envoy_fleet -- --ignored --test-threads 1 --nocapture
+
+## run-fleet: the fleet demo: Redis on :6390, the Rate Limit Service on :8081, two Envoys with
+## api-guard on :10011 and :10012 sharing one limit (envoy/fleet.yaml); Ctrl-C stops them all
+run-fleet: build envoy limitador-rls
+	@bash envoy/run-fleet.sh "$(ENVOY)" "$(LIMITADOR_RLS)"
 
 lint:
 	cargo fmt --check

@@ -162,6 +162,7 @@ impl FakeEnvoy {
                         .push((status, headers, String::from_utf8(body).unwrap()));
                 }
                 Command::WaitForKeys(_) => self.waiting_for_keys = true,
+                Command::CallService(_) => self.failures.push("no service limit here".into()),
                 Command::WatchForBody => self.watching = true,
                 Command::StopWatchingForBody => self.watching = false,
                 Command::ReportMissingBodyCallbacks => {

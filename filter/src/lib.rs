@@ -16,6 +16,7 @@ mod host;
 mod host_headers;
 mod jwks;
 mod metrics;
+mod rls;
 mod tick;
 
 use api_guard_core::authn::jwt::cache::TokenCache;
@@ -25,6 +26,7 @@ use api_guard_core::authn::jwt::verifier::{
 use api_guard_core::body::held::HeldBudget;
 use api_guard_core::config;
 use api_guard_core::limits::rate_limit::{shared_seed, Limiter};
+use api_guard_core::limits::rate_limit_service::ServiceReply;
 use api_guard_core::pipeline::http_flow::{
     Command, FlowQueries, HttpFlow, Next, ResponseChunk, ResponseHeaders, Step,
 };
@@ -286,6 +288,7 @@ impl RootContext for ApiGuardRoot {
                 context_id,
                 self_ref: self_ref.clone(),
                 total_size_at_headers: None,
+                service_call: None,
             })
         });
         Some(Box::new(ApiGuardHttp { state }))
@@ -303,7 +306,14 @@ struct ApiGuardHttp {
     state: Rc<RefCell<HttpState>>,
 }
 
-impl Context for ApiGuardHttp {}
+impl Context for ApiGuardHttp {
+    /// The rate limit service's answer (the SDK routes it to the context that called).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            rls::on_answer(&mut state, token_id, status_code, response_size);
+        }
+    }
+}
 
 impl ApiGuardHttp {
     fn with_state(&self, handle: impl FnOnce(&mut HttpState) -> Action) -> Action {
@@ -400,6 +410,8 @@ struct HttpState {
     /// `request.total_size` when the request paused on its headers to wait for keys, for the
     /// body-wait table if its route turns out to read the body.
     total_size_at_headers: Option<u64>,
+    /// The token of the call to the rate limit service the request waits for.
+    service_call: Option<u32>,
 }
 
 /// What a command the host refused leaves to do: fail closed.
@@ -473,6 +485,12 @@ impl HttpState {
                 if !jwks::register(self, ticket) {
                     // Too many requests waiting on this worker: decide this one now.
                     return Ok(Some(self.keys_settled()));
+                }
+            }
+            Command::CallService(call) => {
+                if let Err(why) = rls::call(self, &call) {
+                    log::warn!("api-guard: rate limit service call not sent: {why}");
+                    return Ok(Some(self.service_answered(&ServiceReply::NotSent(why))));
                 }
             }
             Command::WatchForBody => self.watch_for_body_callbacks(),
@@ -554,6 +572,21 @@ impl HttpState {
             shared: Some(&shared),
         };
         let step = self.flow.on_keys_settled(&shared.policy, &mut queries);
+        self.execute(step)
+    }
+
+    /// Decides a request that waited for its rate limit service again, with the answer.
+    /// `Continue` means the caller resumes it.
+    fn service_answered(&mut self, reply: &ServiceReply) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Pause;
+        };
+        let mut queries = EnvoyQueries {
+            shared: Some(&shared),
+        };
+        let step = self
+            .flow
+            .on_service_answer(&shared.policy, reply, &mut queries);
         self.execute(step)
     }
 

@@ -12,6 +12,7 @@ use crate::body::schema::BodySchema;
 use crate::body::webhook::{Webhook, WebhookConfig};
 use crate::config::error::{index, join, ConfigError};
 use crate::limits::rate_limit::{self, RateLimit};
+use crate::limits::rate_limit_service::{self, RateLimitService};
 use crate::pipeline::policy::{Auth, Mode, Policy, RequireTls, Route, API_KEY_ID_HEADER};
 use crate::request::firewall::{AmbiguousCase, Firewall, FirewallConfig, OVERRIDE_HEADERS};
 use crate::request::network::IpList;
@@ -38,6 +39,9 @@ struct RawConfig {
     /// Compiled by `rate_limit::compile_section` (limit names are user-chosen keys).
     #[serde(default)]
     rate_limits: Option<Value>,
+    /// Compiled by `rate_limit_service::compile_services`.
+    #[serde(default)]
+    rate_limit_services: Option<Value>,
     #[serde(default)]
     cors: Option<CorsConfig>,
     #[serde(default)]
@@ -90,7 +94,7 @@ struct RawRoute {
     #[serde(default)]
     owner: Option<OwnerConfig>,
     #[serde(default)]
-    rate_limit: Option<String>,
+    rate_limit: Option<RawRateLimitRef>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
     #[serde(default)]
@@ -101,6 +105,33 @@ struct RawRoute {
     allow_ips: Option<Vec<String>>,
     #[serde(default)]
     deny_ips: Option<Vec<String>>,
+}
+
+/// `routes[].rate_limit`: one limit's name, or a list of names (at most one local limit and one
+/// service limit: the local one is checked first).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRateLimitRef {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl RawRateLimitRef {
+    fn names(&self) -> Vec<&str> {
+        match self {
+            RawRateLimitRef::One(name) => vec![name.as_str()],
+            RawRateLimitRef::Several(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// The limits routes may name: the local ones (shared data) and the services'.
+struct LimitNames {
+    local: Vec<String>,
+    service: Vec<String>,
+    /// Every name in `rate_limits`, compiled or not: a limit that failed is reported once, at
+    /// its own path, not again on every route that names it.
+    declared: Vec<String>,
 }
 
 /// Parses and compiles the plugin configuration. All errors are returned, not just the first.
@@ -178,7 +209,39 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         .unwrap_or_default(),
         None => BTreeMap::new(),
     };
-    let rate_limit_names: Vec<String> = rate_limits.keys().cloned().collect();
+    let services: BTreeMap<String, RateLimitService> = match &raw.rate_limit_services {
+        Some(section) => collect(
+            rate_limit_service::compile_services(section, "rate_limit_services"),
+            &mut errors,
+        )
+        .unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let service_names: Vec<String> = services.keys().cloned().collect();
+    let mut service_limits = Vec::new();
+    if let Some(members) = raw.rate_limits.as_ref().and_then(Value::as_object) {
+        for (name, value) in members {
+            if rate_limit_service::is_service_limit(value) {
+                let at = join("rate_limits", name);
+                if let Some(limit) = collect(
+                    rate_limit_service::compile_limit(name, value, &at, &service_names),
+                    &mut errors,
+                ) {
+                    service_limits.push(limit);
+                }
+            }
+        }
+    }
+    let limit_names = LimitNames {
+        local: rate_limits.keys().cloned().collect(),
+        service: service_limits.iter().map(|l| l.name.clone()).collect(),
+        declared: raw
+            .rate_limits
+            .as_ref()
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+    };
     let cors = raw
         .cors
         .as_ref()
@@ -220,8 +283,7 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
         let at = index("routes", i);
-        if let Some(route) =
-            compile_route(r, &at, &raw, &rate_limit_names, &webhook_names, &mut errors)
+        if let Some(route) = compile_route(r, &at, &raw, &limit_names, &webhook_names, &mut errors)
         {
             if raw.routes[..i].iter().any(|other| other.name == r.name) {
                 errors.push(ConfigError::new(
@@ -269,6 +331,8 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         api_keys,
         routes,
         rate_limits: rate_limits.into_values().collect(),
+        rate_limit_services: services.into_values().collect(),
+        service_limits,
         cors,
         security_headers,
         errors: errors_rewrite,
@@ -290,6 +354,50 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
     Ok(policy)
 }
 
+/// A route's limits: at most one local limit and one service limit.
+fn compile_route_limits(
+    names: &[&str],
+    at: &str,
+    limit_names: &LimitNames,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<usize>, Option<usize>) {
+    let (mut local, mut service) = (None, None);
+    if names.is_empty() {
+        errors.push(ConfigError::new(at, "names no rate limit"));
+    }
+    let several = names.len() > 1;
+    for (i, name) in names.iter().enumerate() {
+        let entry_at = if several {
+            index(at, i)
+        } else {
+            at.to_string()
+        };
+        let found = if let Some(l) = limit_names.local.iter().position(|n| n == name) {
+            (&mut local, l, "local")
+        } else if let Some(l) = limit_names.service.iter().position(|n| n == name) {
+            (&mut service, l, "service")
+        } else {
+            if !limit_names.declared.iter().any(|n| n == name) {
+                errors.push(ConfigError::new(
+                    entry_at,
+                    format!("unknown rate limit {name:?}"),
+                ));
+            }
+            continue;
+        };
+        let (slot, position, kind) = found;
+        if slot.is_some() {
+            errors.push(ConfigError::new(
+                entry_at,
+                format!("a route carries at most one {kind} limit"),
+            ));
+        } else {
+            *slot = Some(position);
+        }
+    }
+    (local, service)
+}
+
 /// `require_tls`: `false` (the default), `true` (400 `tls_required`) or `"redirect"` (308 to
 /// https for GET and HEAD).
 fn compile_require_tls(value: Option<&Value>) -> Result<RequireTls, Vec<ConfigError>> {
@@ -308,7 +416,7 @@ fn compile_route(
     r: &RawRoute,
     at: &str,
     raw: &RawConfig,
-    rate_limit_names: &[String],
+    limit_names: &LimitNames,
     webhook_names: &[String],
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
@@ -359,18 +467,11 @@ fn compile_route(
             "an owner rule compares a token claim, so the route's auth must be \"jwt\" or \"jwt_or_api_key\"",
         ));
     }
-    let rate_limit = match &r.rate_limit {
-        None => None,
-        Some(name) => match rate_limit_names.iter().position(|n| n == name) {
-            Some(i) => Some(i),
-            None => {
-                errors.push(ConfigError::new(
-                    join(at, "rate_limit"),
-                    format!("unknown rate limit {name:?}"),
-                ));
-                None
-            }
-        },
+    let (rate_limit, service_limit) = match &r.rate_limit {
+        None => (None, None),
+        Some(names) => {
+            compile_route_limits(&names.names(), &join(at, "rate_limit"), limit_names, errors)
+        }
     };
     if r.max_body_bytes == Some(0) {
         errors.push(ConfigError::new(
@@ -415,6 +516,7 @@ fn compile_route(
         require,
         owner,
         rate_limit,
+        service_limit,
         max_body_bytes: r.max_body_bytes,
         webhook,
         body_schema,

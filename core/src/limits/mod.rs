@@ -2,3 +2,4 @@
 //! request size ([`body_limit`]).
 pub mod body_limit;
 pub mod rate_limit;
+pub mod rate_limit_service;

@@ -13,6 +13,7 @@
 use crate::authn::jwt::remote::WaitTicket;
 use crate::body::held::{BodyStore, HeldBudget};
 use crate::limits::body_limit::BodyCounter;
+use crate::limits::rate_limit_service::{ServiceAnswer, ServiceCall, ServiceReply};
 use crate::pipeline::flow::{
     self, BodyOverLimit, ErrorBodyRewrite, ResponseBody, ResponseHeadersPlan,
 };
@@ -79,6 +80,10 @@ pub enum Command {
     /// settle. Always the last command of its step; if the adapter cannot register it, it calls
     /// `on_keys_settled` at once.
     WaitForKeys(WaitTicket),
+    /// Call the route's rate limit service (gRPC `ShouldRateLimit` with these bytes, within the
+    /// timeout) and hand its answer to [`HttpFlow::on_service_answer`]. Always the last command
+    /// of its step; if the call cannot be made, the adapter hands in a failed answer at once.
+    CallService(ServiceCall),
     /// The request paused on its headers for its body: watch that a body callback comes (the
     /// host may never make one: [`HttpFlow::on_body_callbacks_never_came`]).
     WatchForBody,
@@ -139,6 +144,9 @@ pub enum RequestPhase {
     Undecided,
     /// Paused on its headers until its provider's keys settle.
     WaitingForKeys(Box<WaitingForKeys>),
+    /// Paused on its headers until its rate limit service answers (the body waits the same way
+    /// as for keys).
+    WaitingForService(Box<WaitingForKeys>),
     /// Paused on its headers while its body is read whole for a check.
     HoldingBody(Box<HoldingBody>),
     /// Allowed: the body streams upstream, counted against the route's bound if it has one.
@@ -147,7 +155,7 @@ pub enum RequestPhase {
     Answered,
 }
 
-/// A request waiting for keys, kept to be decided again.
+/// A request waiting for keys or for its rate limit service, kept to be decided again.
 pub struct WaitingForKeys {
     head: RequestHead,
     /// The request had no body.
@@ -280,7 +288,7 @@ impl HttpFlow {
     ) -> Step {
         let watching = self.body_callback_arrived();
         let step = match &mut self.request {
-            RequestPhase::WaitingForKeys(_) => {
+            RequestPhase::WaitingForKeys(_) | RequestPhase::WaitingForService(_) => {
                 // The host keeps the body while the request waits; a complete body is copied
                 // now, the only time it can be read.
                 let complete_body = if end_of_stream {
@@ -291,7 +299,9 @@ impl HttpFlow {
                 } else {
                     None
                 };
-                if let RequestPhase::WaitingForKeys(waiting) = &mut self.request {
+                if let RequestPhase::WaitingForKeys(waiting)
+                | RequestPhase::WaitingForService(waiting) = &mut self.request
+                {
                     if complete_body.is_some() {
                         waiting.complete_body = complete_body;
                     }
@@ -327,7 +337,7 @@ impl HttpFlow {
         let step = match &mut self.request {
             // The host clamps the length to what it has buffered.
             RequestPhase::HoldingBody(_) => self.finish_held_body(policy, usize::MAX, host),
-            RequestPhase::WaitingForKeys(waiting) => {
+            RequestPhase::WaitingForKeys(waiting) | RequestPhase::WaitingForService(waiting) => {
                 waiting.complete_body = host.request_body(waiting.body_size).ok();
                 waiting.ended = true;
                 Step::pauses()
@@ -346,6 +356,36 @@ impl HttpFlow {
         };
         let waiting = *waiting;
         let decided = host.decide(false, &mut |env| policy.check_request(&waiting.head, env));
+        self.resume_waiting(policy, waiting, decided, host)
+    }
+
+    /// The route's rate limit service answered, or the call failed: decides the request again
+    /// with that answer. `Continue` means the adapter resumes the request.
+    pub fn on_service_answer(
+        &mut self,
+        policy: &Policy,
+        reply: &ServiceReply,
+        host: &mut dyn FlowQueries,
+    ) -> Step {
+        let RequestPhase::WaitingForService(waiting) = std::mem::take(&mut self.request) else {
+            return Step::pauses();
+        };
+        let waiting = *waiting;
+        let answer = ServiceAnswer::from_reply(reply, &policy.identity_headers);
+        let decided = host.decide(false, &mut |env| {
+            policy.check_request_after_service(&waiting.head, env, &answer)
+        });
+        self.resume_waiting(policy, waiting, decided, host)
+    }
+
+    /// Carries out the decision on a request that waited (for keys or its service).
+    fn resume_waiting(
+        &mut self,
+        policy: &Policy,
+        waiting: WaitingForKeys,
+        decided: Result<Decision, String>,
+        host: &mut dyn FlowQueries,
+    ) -> Step {
         let decision = match decided {
             Ok(decision) => decision,
             Err(why) => return self.fail_closed(Some(policy), &why),
@@ -567,6 +607,22 @@ impl HttpFlow {
                     ended: end_of_stream,
                 }));
                 step.with(Command::WaitForKeys(ticket))
+            }
+            Verdict::AskService(call) => {
+                let Some(head) = head else {
+                    return step.then(self.fail_closed(
+                        Some(policy),
+                        "asking the rate limit service without a request head",
+                    ));
+                };
+                self.request = RequestPhase::WaitingForService(Box::new(WaitingForKeys {
+                    head,
+                    headers_end_stream: end_of_stream,
+                    body_size: 0,
+                    complete_body: None,
+                    ended: end_of_stream,
+                }));
+                step.with(Command::CallService(call))
             }
             Verdict::NeedBody { forward, check } => {
                 let Some(head) = head else {

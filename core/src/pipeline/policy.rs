@@ -40,6 +40,9 @@ use crate::body::schema::BodySchema;
 use crate::body::webhook::Webhook;
 use crate::limits::body_limit::content_length_exceeds;
 use crate::limits::rate_limit::{CounterStore, Limiter, RateLimit};
+use crate::limits::rate_limit_service::{
+    self, FailureMode, RateLimitService, ServiceAnswer, ServiceCall, ServiceLimit,
+};
 use crate::request::firewall::{
     same_after_folding, AmbiguousCase, Firewall, OverrideHeaders, OVERRIDE_QUERY_PARAMETERS,
 };
@@ -99,6 +102,8 @@ pub struct Route {
     pub owner: Option<OwnerRule>,
     /// Index into [`Policy::rate_limits`].
     pub rate_limit: Option<usize>,
+    /// Index into [`Policy::service_limits`]: checked after the local limit.
+    pub service_limit: Option<usize>,
     pub max_body_bytes: Option<u64>,
     /// Index into [`Policy::webhooks`].
     pub webhook: Option<usize>,
@@ -121,6 +126,10 @@ pub struct Policy {
     pub api_keys: Option<ApiKeys>,
     pub routes: Vec<Route>,
     pub rate_limits: Vec<RateLimit>,
+    /// `rate_limit_services`, by name.
+    pub rate_limit_services: Vec<RateLimitService>,
+    /// The limits of `rate_limits` that a service decides.
+    pub service_limits: Vec<ServiceLimit>,
     pub cors: Option<Cors>,
     pub security_headers: SecurityHeaders,
     pub errors: ErrorRewrite,
@@ -213,6 +222,9 @@ pub enum Verdict {
     /// one is due or in flight. Decide it again (with `may_wait_for_keys: false`) when the
     /// ticket is settled.
     WaitForKeys(WaitTicket),
+    /// Hold the request: its route's service limit is asked ([`ServiceCall`]); decide it again
+    /// with the answer ([`Policy::check_request_after_service`]).
+    AskService(ServiceCall),
 }
 
 /// What to check once the body is complete.
@@ -230,6 +242,8 @@ pub struct ResponseContext {
     pub origin: Option<String>,
     /// Rate-limit headers of the route's limit, for every response on that route.
     pub rate_limit_headers: Vec<(&'static str, String)>,
+    /// The rate limit service's `response_headers_to_add`.
+    pub service_response_headers: Vec<(String, String)>,
     pub is_head: bool,
     /// The request arrived over TLS, as Envoy saw the connection (or, with
     /// `trust_forwarded_proto`, as the trusted hop's `x-forwarded-proto` says): only then is
@@ -373,6 +387,8 @@ struct Work<'h, 'p> {
     tally: Tally,
     /// Who authenticated how, for an `auth_success` event.
     authenticated_by: Option<AuthenticatedBy>,
+    /// The answer of the route's rate limit service, when the request is decided again with it.
+    service_answer: Option<&'h ServiceAnswer>,
 }
 
 /// What an `auth_success` event names: the provider whose token verified, the key's id.
@@ -385,6 +401,27 @@ struct AuthenticatedBy {
 impl Policy {
     /// The decision on the request headers.
     pub fn check_request(&self, head: &RequestHead, env: &mut RequestEnv<'_>) -> Decision {
+        self.check_request_with(head, env, None)
+    }
+
+    /// The decision on the request headers once its route's rate limit service answered (or
+    /// failed to): the stages run again, the local limit is not counted twice, and the answer
+    /// stands for the service limit.
+    pub fn check_request_after_service(
+        &self,
+        head: &RequestHead,
+        env: &mut RequestEnv<'_>,
+        answer: &ServiceAnswer,
+    ) -> Decision {
+        self.check_request_with(head, env, Some(answer))
+    }
+
+    fn check_request_with(
+        &self,
+        head: &RequestHead,
+        env: &mut RequestEnv<'_>,
+        service_answer: Option<&ServiceAnswer>,
+    ) -> Decision {
         let mut work = Work {
             head,
             forward: Forward::default(),
@@ -403,6 +440,7 @@ impl Policy {
             kept_credential: None,
             tally: Tally::default(),
             authenticated_by: None,
+            service_answer,
         };
         self.remove_spoofable_headers(head, &mut work.forward);
         let outcome = self.decide(&mut work, env);
@@ -672,11 +710,15 @@ impl Policy {
             Err(AuthStop::Refused(refusal)) => {
                 // A refused credential still counts against the client (by IP: the identity it
                 // claimed is not established), so guessing passwords or keys is throttled.
-                self.rate_limit(route, &Authenticated::Anonymous, work, env)?;
+                if let Some(ask) = self.rate_limit(route, &Authenticated::Anonymous, work, env)? {
+                    return Ok(ask);
+                }
                 return Err(refusal);
             }
         };
-        self.rate_limit(route, &authenticated, work, env)?;
+        if let Some(ask) = self.rate_limit(route, &authenticated, work, env)? {
+            return Ok(ask);
+        }
         self.authorize(route, &matched.params, &authenticated, work)?;
         self.forward_or_hold_body(&matched, body_bound, work)
     }
@@ -1226,8 +1268,112 @@ impl Policy {
     }
 
     /// Rate limit: after authentication, so that a limit keyed by principal or key knows it
-    /// (a refused credential is counted by IP).
+    /// (a refused credential is counted by IP). The local limit first (a flood refused here
+    /// never reaches the service), then the service limit: `Some(AskService)` holds the
+    /// request for the service's answer.
     fn rate_limit(
+        &self,
+        route: &Route,
+        authenticated: &Authenticated<'_>,
+        work: &mut Work<'_, '_>,
+        env: &mut RequestEnv<'_>,
+    ) -> Result<Option<Verdict>, Refusal> {
+        // Decided again with the service's answer: the local limit counted this request already.
+        if work.service_answer.is_none() {
+            self.local_rate_limit(route, authenticated, work, env)?;
+        }
+        let Some(limit) = route.service_limit.and_then(|i| self.service_limits.get(i)) else {
+            return Ok(None);
+        };
+        let Some(service) = self.rate_limit_services.get(limit.service) else {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::ServiceUnavailable, &work.head.request_id),
+                "rate_limit_unavailable",
+                format!("{}: no such rate limit service", limit.name),
+            ));
+        };
+        match work.service_answer {
+            None => {
+                let jwt_subject = authenticated.token().and_then(|t| t.subject.as_deref());
+                let api_key_id = authenticated.api_key().map(|k| k.id.as_str());
+                let (entry_key, entry_value) = rate_limit_service::descriptor_key(
+                    &limit.key,
+                    work.head,
+                    jwt_subject,
+                    api_key_id,
+                );
+                Ok(Some(Verdict::AskService(ServiceCall {
+                    cluster: service.cluster.clone(),
+                    message: limit.request(&service.domain, entry_key, entry_value),
+                    timeout_ms: service.timeout_ms,
+                })))
+            }
+            Some(answer) => self
+                .apply_service_answer(limit, service, answer, work)
+                .map(|()| None),
+        }
+    }
+
+    /// The service's answer for the request's service limit: 429 over the limit, admitted with
+    /// the answer's headers when under it, `failure_mode` when it could not answer.
+    fn apply_service_answer(
+        &self,
+        limit: &ServiceLimit,
+        service: &RateLimitService,
+        answer: &ServiceAnswer,
+        work: &mut Work<'_, '_>,
+    ) -> Result<(), Refusal> {
+        let request_id = work.head.request_id.as_str();
+        let answered = match answer {
+            ServiceAnswer::Ok(answered) | ServiceAnswer::OverLimit(answered) => answered,
+            ServiceAnswer::Failed(why) => {
+                let reason = format!(
+                    "{}: rate limit service {:?} failed ({why}), failure_mode {}",
+                    limit.name,
+                    service.name,
+                    match service.failure_mode {
+                        FailureMode::Deny => "deny",
+                        FailureMode::Allow => "allow",
+                    }
+                );
+                return match service.failure_mode {
+                    FailureMode::Deny => Err(Refusal::new(
+                        LocalReply::new(ErrorCode::ServiceUnavailable, request_id),
+                        "rate_limit_service_failed",
+                        reason,
+                    )),
+                    FailureMode::Allow => {
+                        work.allow_event = Some(("rate_limit_service_failed", reason));
+                        Ok(())
+                    }
+                };
+            }
+        };
+        if let Some(decision) = &answered.decision {
+            work.response.rate_limit_headers =
+                decision.headers(&limit.name, answered.window_seconds);
+        }
+        work.response
+            .service_response_headers
+            .clone_from(&answered.response_headers_to_add);
+        if let ServiceAnswer::OverLimit(_) = answer {
+            return Err(Refusal::new(
+                LocalReply::new(ErrorCode::RateLimited, request_id),
+                "rate_limited",
+                format!(
+                    "{}: over limit (rate limit service {:?})",
+                    limit.name, service.name
+                ),
+            ));
+        }
+        for (name, value) in &answered.request_headers_to_add {
+            work.forward.set_headers.push((name.clone(), value.clone()));
+        }
+        Ok(())
+    }
+
+    /// The route's local limit, in shared data.
+    fn local_rate_limit(
         &self,
         route: &Route,
         authenticated: &Authenticated<'_>,
@@ -1311,6 +1457,7 @@ impl Policy {
             kept_credential: None,
             tally: Tally::default(),
             authenticated_by: None,
+            service_answer: None,
         };
         let outcome = self
             .decide_body(head, check, body, env, &mut work.tally)
@@ -1424,6 +1571,11 @@ impl Policy {
         edits
             .set
             .extend(ctx.rate_limit_headers.iter().map(|(n, v)| (*n, v.as_str())));
+        edits.set.extend(
+            ctx.service_response_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
         if !ctx.request_id.is_empty() {
             edits.set.push(("x-request-id", ctx.request_id.as_str()));
         }

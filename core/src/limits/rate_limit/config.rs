@@ -71,7 +71,7 @@ pub(super) fn check_max_tracked_keys(value: u64, at: &str, errors: &mut Vec<Conf
 }
 
 impl LimitKey {
-    pub(super) fn parse(key: &str) -> Result<LimitKey, String> {
+    pub fn parse(key: &str) -> Result<LimitKey, String> {
         match key {
             "ip" => Ok(LimitKey::Ip),
             "principal" => Ok(LimitKey::Principal),
@@ -207,7 +207,10 @@ pub fn compile_section(
     }
     let mut limits = BTreeMap::new();
     for (name, value) in members {
-        if RESERVED_NAMES.contains(&name.as_str()) {
+        // A limit that names a `service` is the service's (`rate_limit_service`).
+        if RESERVED_NAMES.contains(&name.as_str())
+            || crate::limits::rate_limit_service::is_service_limit(value)
+        {
             continue;
         }
         let entry_at = join(at, name);
