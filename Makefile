@@ -230,14 +230,18 @@ fleet-deps:
 ## limitador-rls: the Rate Limit Service of the fleet tests and the fleet demo (tools/limitador-rls,
 ## its own cargo workspace: Limitador needs RocksDB and a C++ compile, 8-40 minutes cold on 2 cores)
 LIMITADOR_RLS := tools/limitador-rls/target/debug/limitador-rls
+## FLEET_ENGINE=redis builds the service without Limitador (no RocksDB, no C++) and runs the
+## fleet tests on its atomic Redis engine alone; the default, limitador, runs both engines.
+FLEET_ENGINE ?= limitador
 limitador-rls: fleet-deps
-	cd tools/limitador-rls && nice cargo build --locked
+	cd tools/limitador-rls && nice cargo build --locked $(if $(filter redis,$(FLEET_ENGINE)),--no-default-features)
 
 ## test-fleet: two Envoys, one Rate Limit Service, one Redis (tests/envoy_fleet.rs, #[ignore]d in
 ## make test): one limit across the fleet, every key kind, both engines, the failure modes, and the
 ## latency a service limit adds (printed)
 test-fleet: build envoy limitador-rls
-	cargo test -p api-guard-envoy-tests --test envoy_fleet -- --ignored --test-threads 1 --nocapture
+	FLEET_ENGINE=$(FLEET_ENGINE) cargo test -p api-guard-envoy-tests --test envoy_fleet -- --ignored \
+		--test-threads 1 --nocapture $(if $(filter redis,$(FLEET_ENGINE)),--skip limitador_engine)
 
 ## run-fleet: the fleet demo: Redis on :6390, the Rate Limit Service on :8081, two Envoys with
 ## api-guard on :10011 and :10012 sharing one limit (envoy/fleet.yaml); Ctrl-C stops them all
