@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::free_port;
 
 use api_guard_core::authn::jwt::alg::Alg;
 use api_guard_core::support::mint;
@@ -22,7 +23,7 @@ use common::{
 };
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -346,15 +347,6 @@ fn counter(envoy: &Envoy, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// A free loopback port (released again: the caller binds it soon after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------------------------

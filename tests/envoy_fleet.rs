@@ -8,11 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::free_port;
 
 use api_guard_core::support::mint;
 use common::{assert_envelope, security_events, Envoy, EnvoyOptions, Response};
 use serde_json::{json, Value};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -29,14 +30,6 @@ fn engine_under_test() -> &'static str {
         Ok("redis") => "redis",
         _ => "limitador",
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_listening(port: u16, what: &str) {

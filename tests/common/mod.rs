@@ -524,6 +524,14 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A free loopback port (released again: the caller binds it soon after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+        .port()
+}
+
 /// Two distinct free ports (both held while picking, then released).
 fn free_port_pair() -> (u16, u16) {
     let bind = || {
