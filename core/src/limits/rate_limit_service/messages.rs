@@ -3,7 +3,7 @@
 //! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`, `envoy/config/core/v3/base.proto`,
 //! `google/protobuf/duration.proto`). Only the fields api-guard sends or reads are declared:
 //! protobuf skips unknown fields, so an answer with more decodes the same. A native test
-//! (`tests/rls_messages.rs`) checks every number against the `envoy-types` crate's generated
+//! (`tools/limitador-rls/tests/rls_wire.rs`) checks every number against the `envoy-types` crate's generated
 //! code, which the filter cannot depend on (it pulls tonic).
 
 /// `envoy.service.ratelimit.v3.RateLimitRequest`.
