@@ -110,6 +110,8 @@ struct FakeEnvoy {
     counted: Vec<MetricId>,
     /// What the host says of the connection's TLS.
     connection_tls: Option<bool>,
+    /// Envoy's `response.code_details` of the response being encoded.
+    code_details: &'static [u8],
 }
 
 impl FakeEnvoy {
@@ -128,6 +130,7 @@ impl FakeEnvoy {
             failures: Vec::new(),
             counted: Vec::new(),
             connection_tls: Some(false),
+            code_details: b"via_upstream",
         }
     }
 
@@ -209,7 +212,7 @@ impl FlowQueries for FakeEnvoy {
     }
 
     fn response_code_details(&mut self) -> Option<Vec<u8>> {
-        Some(b"via_upstream".to_vec())
+        Some(self.code_details.to_vec())
     }
 
     fn connection_is_tls(&mut self) -> Option<bool> {
@@ -574,6 +577,57 @@ fn a_reply_to_a_request_never_seen_gets_hsts_only_over_tls() {
             written.iter().any(|(n, _)| n == b"x-content-type-options"),
             "{tls:?}"
         );
+    }
+}
+
+/// A reply Envoy made before the filter saw the request (the dynamic module sees those): the
+/// envelope carries the id Envoy's `local_reply_config` put on it, and only an id-shaped one.
+#[test]
+fn a_reply_to_a_request_never_seen_keeps_envoys_request_id() {
+    for (id, echoed) in [
+        (&b"29d9755c-eae0-4c21-a746-d9114d52618b"[..], true),
+        (&b"client-\"chosen"[..], false),
+    ] {
+        let mut stream = Stream::new(inline_policy("enforce"));
+        stream.envoy.code_details = b"http1.codec_error";
+        let envoy_reply: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"400"),
+            (b"content-type", b"text/plain"),
+            (b"x-request-id", id),
+        ];
+        let mut written = Vec::new();
+        stream.flow.on_response_headers(
+            Some(&stream.policy),
+            &envoy_reply,
+            false,
+            &mut stream.envoy,
+            &mut |headers| {
+                written = headers
+                    .iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect();
+                Ok(())
+            },
+        );
+        let body = b"Bad Request";
+        let chunk = stream.flow.on_response_body(
+            &stream.policy,
+            Some(body),
+            body.len(),
+            true,
+            &mut stream.envoy,
+        );
+        let ResponseChunk::Replace { replacement, .. } = chunk else {
+            panic!("Envoy's 400 is rewritten");
+        };
+        let envelope: Value = serde_json::from_slice(&replacement).unwrap();
+        let want = if echoed {
+            std::str::from_utf8(id).unwrap()
+        } else {
+            ""
+        };
+        assert_eq!(envelope["request_id"], want, "{envelope}");
+        assert_eq!(envelope["code"], "bad_request");
     }
 }
 

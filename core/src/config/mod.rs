@@ -348,7 +348,7 @@ fn compile(raw: RawConfig) -> Result<Policy, Vec<ConfigError>> {
         require_tls,
         trust_forwarded_proto: raw.trust_forwarded_proto,
         metrics: MetricsPlan::default(),
-        auth_successes: std::cell::Cell::new(0),
+        auth_successes: std::sync::atomic::AtomicU64::new(0),
     };
     policy.metrics = MetricsPlan::for_policy(&policy);
     Ok(policy)

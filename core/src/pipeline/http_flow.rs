@@ -216,6 +216,23 @@ pub enum ResponseHeaders {
 /// Writes a whole response header map back to the host; `Err` if the host refused.
 pub type WriteHeaders<'w> = dyn FnMut(&[(&[u8], &[u8])]) -> Result<(), ()> + 'w;
 
+/// The `x-request-id` of a response Envoy made itself, when it is an id (`%UNIQUE_ID%` is a
+/// UUID): letters, digits, `-` and `_`, at most 128 bytes. Anything else is not echoed.
+fn envoy_request_id<'h>(headers: &[(&[u8], &'h [u8])]) -> Option<&'h str> {
+    let (_, value) = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"x-request-id"))?;
+    let plain = (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if plain {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
 /// One HTTP stream's flow. See the module documentation.
 pub struct HttpFlow {
     request: RequestPhase,
@@ -467,6 +484,14 @@ impl HttpFlow {
             // No request head was decided on (or none with a policy): the connection alone
             // says whether `strict-transport-security` may go out.
             self.response.over_tls = host.connection_is_tls().unwrap_or(false);
+            // A reply Envoy made before the request reached the filter (a codec error, a
+            // fragment in the target; the dynamic module sees them, proxy-wasm does not): its
+            // only request id is the one Envoy's `local_reply_config` put on the response.
+            if self.response.request_id.is_empty() {
+                if let Some(id) = envoy_request_id(headers) {
+                    self.response.request_id = id.to_string();
+                }
+            }
         }
         let Some(policy) = policy else {
             self.response_phase = ResponsePhase::Passing;

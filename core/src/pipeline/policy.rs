@@ -61,7 +61,6 @@ use crate::support::metrics::{
     DecisionLabel, MetricsPlan, RateLimitResult, Tally, WebhookResult, TOKEN_CACHE_HIT_ID,
     TOKEN_CACHE_MISS_ID,
 };
-use std::cell::Cell;
 use std::rc::Rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,9 +155,9 @@ pub struct Policy {
     pub trust_forwarded_proto: bool,
     /// Every metric series this policy can produce, and which one a decision counts.
     pub metrics: MetricsPlan,
-    /// Authenticated requests this worker allowed, for `events.auth_success` sampling (the
-    /// policy is per VM, so this is per worker).
-    pub auth_successes: Cell<u64>,
+    /// Authenticated requests allowed, for `events.auth_success` sampling (per worker in the
+    /// wasm filter, whose policy is per VM; per process in the dynamic module).
+    pub auth_successes: std::sync::atomic::AtomicU64,
 }
 
 /// `require_tls`: what a request that did not arrive over TLS gets.
@@ -611,8 +610,11 @@ impl Policy {
         if self.events.auth_success == AuthSuccess::Off {
             return None;
         }
-        let seen = self.auth_successes.get().wrapping_add(1);
-        self.auth_successes.set(seen);
+        // Relaxed: a sampling count, shared by the dynamic module's workers.
+        let seen = self
+            .auth_successes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1);
         if !self.events.auth_success.logs(seen) {
             return None;
         }

@@ -58,6 +58,21 @@ impl HeaderPairs {
         Ok(HeaderPairs { bytes, spans })
     }
 
+    /// Copies a header map a host hands out as views (the dynamic module's zero-copy
+    /// `get_headers`) into one buffer.
+    pub fn copy_from<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> HeaderPairs {
+        let mut out = HeaderPairs::default();
+        for (name, value) in pairs {
+            let name_start = out.bytes.len();
+            out.bytes.extend_from_slice(name);
+            let value_start = out.bytes.len();
+            out.bytes.extend_from_slice(value);
+            out.spans
+                .push((name_start..value_start, value_start..out.bytes.len()));
+        }
+        out
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.spans.iter().filter_map(|(name, value)| {
             Some((

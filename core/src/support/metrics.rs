@@ -137,9 +137,12 @@ pub fn label_names() -> Vec<&'static str> {
 
 /// The Envoy `stats_tags` regex for a label: the first group is what tag extraction removes from
 /// the stat name, the second the label's value. Anchored on the filter's families, so that no
-/// other Envoy stat is touched.
+/// other Envoy stat is touched: `wasmcustom.` for the wasm filter, `dynamicmodulescustom.`
+/// for the dynamic module (Envoy's namespaces for the two kinds of custom stats).
 pub fn stats_tag_regex(label: &str) -> String {
-    format!(r"^wasmcustom\.api_guard_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{label}\.([^.]+))")
+    format!(
+        r"^(?:wasmcustom|dynamicmodulescustom)\.api_guard_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{label}\.([^.]+))"
+    )
 }
 
 /// What a request decision was.

@@ -11,6 +11,7 @@ pub mod memory_store;
 pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
+pub mod process_store;
 pub mod shared_store;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_env;

@@ -27,7 +27,7 @@ use crate::support::shared_store::{CounterStore, StoreError, INSERT_IF_ABSENT};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// A JWKS body larger than this is refused without being parsed (or, by the adapter, read).
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -931,12 +931,14 @@ pub fn fail_unsent_fetch(
 #[derive(Debug, Clone)]
 pub struct LoadedSet {
     pub version: u64,
-    pub keys: Rc<Vec<Jwk>>,
+    /// Shared, not copied, when a worker takes a snapshot (the dynamic module's workers read
+    /// the sets one thread refreshes).
+    pub keys: Arc<Vec<Jwk>>,
 }
 
 /// The remote key sets one VM currently verifies with, by provider index. Empty (every
 /// provider without a set) is the right value for a policy without remote providers.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RemoteKeys {
     sets: Vec<Option<LoadedSet>>,
 }
@@ -993,7 +995,7 @@ pub fn reload(
                 provider,
                 LoadedSet {
                     version: published.version,
-                    keys: Rc::new(validated.keys),
+                    keys: Arc::new(validated.keys),
                 },
             );
             Ok(Some(published.version))

@@ -9,6 +9,7 @@
 //! `dispatch_grpc_call`. What a service that errs, times out or cannot be reached means is the
 //! service's `failure_mode`.
 
+pub mod grpc_over_http;
 pub mod messages;
 
 use crate::config::error::{join, ConfigError};

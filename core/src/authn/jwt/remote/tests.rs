@@ -647,7 +647,7 @@ fn workers_reparse_only_when_the_version_changes() {
         reload(&store, &remote, &algs(), &mut worker, 0).unwrap(),
         Some(1)
     );
-    let parsed = Rc::clone(&worker.set(0).unwrap().keys);
+    let parsed = std::sync::Arc::clone(&worker.set(0).unwrap().keys);
     // The same content fetched again: nothing to reload, the parsed keys stay.
     fetch(
         &store,
@@ -660,7 +660,10 @@ fn workers_reparse_only_when_the_version_changes() {
         reload(&store, &remote, &algs(), &mut worker, 0).unwrap(),
         None
     );
-    assert!(Rc::ptr_eq(&parsed, &worker.set(0).unwrap().keys));
+    assert!(std::sync::Arc::ptr_eq(
+        &parsed,
+        &worker.set(0).unwrap().keys
+    ));
     // New content: version 2, new keys.
     fetch(
         &store,
