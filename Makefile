@@ -27,7 +27,8 @@ DRHEADER_VERSION := 2.0.0
 DRHEADER := $(VENV)/bin/drheader
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench soak fuzz h2 jwcrypto clean \
+PHONY_MODULE := module test-module
+.PHONY: $(PHONY_MODULE) build toolchain envoy cli run demo-token test test-native test-envoy test-browser chromium validate lint bench flood soak fuzz h2 jwcrypto clean \
 	oci test-oci registry-tools audit prometheus-bin test-rules test-prometheus prometheus \
 	fleet-deps limitador-rls test-fleet run-fleet
 
@@ -49,6 +50,15 @@ envoy: $(if $(filter $(DEFAULT_ENVOY),$(ENVOY)),$(DEFAULT_ENVOY))
 
 cli:
 	cargo build -p api-guard-cli --release
+
+## module: api-guard as an Envoy 1.40 dynamic module, at target/release/libapi_guard.so (module
+## name api_guard). Built with the `module` profile (release, panic = unwind: every entry point
+## catches a panic and fails closed) and copied to the path Envoy's search path points at.
+MODULE := target/release/libapi_guard.so
+module:
+	cargo build -p api-guard-module --profile module
+	@mkdir -p target/release
+	cp target/module/libapi_guard_module.so $(MODULE)
 
 ## demo-token: a token the demo accepts (signed with the demo-only key in envoy/demo-keys/)
 demo-token: cli
@@ -80,7 +90,7 @@ test: build envoy test-native validate test-envoy test-rules test-prometheus tes
 ## test-native: every host-free test: the core's unit and native tests (fake clock, in-memory
 ## store, attack tables, Wycheproof, the JSON Schema suite, the fuzz corpora) and the CLI's
 test-native:
-	cargo test -p api-guard-core -p api-guard-cli
+	cargo test -p api-guard-core -p api-guard-cli -p api-guard-module
 
 validate: envoy
 	@for f in envoy/*.yaml; do \
@@ -93,6 +103,11 @@ H2_VERSION := 4.4.1
 
 test-envoy: build cli envoy h2 jwcrypto
 	cargo test -p api-guard-envoy-tests
+
+## test-module: the same integration suite with the dynamic module in place of the wasm filter
+## (API_GUARD_ADAPTER=module; the harness checks Envoy logged the ABI version as matched)
+test-module: module cli envoy h2 jwcrypto
+	API_GUARD_ADAPTER=module cargo test -p api-guard-envoy-tests
 
 # The DPoP tests (tests/envoy_dpop.rs) mint their proofs at test time with PyPI jwcrypto: an
 # implementation of RFC 7515/7638 that is not ours.
@@ -239,8 +254,12 @@ limitador-rls: fleet-deps
 ## test-fleet: two Envoys, one Rate Limit Service, one Redis (tests/envoy_fleet.rs, #[ignore]d in
 ## make test): one limit across the fleet, every key kind, both engines, the failure modes, and the
 ## latency a service limit adds (printed)
-test-fleet: build envoy limitador-rls
-	FLEET_ENGINE=$(FLEET_ENGINE) cargo test -p api-guard-envoy-tests --test envoy_fleet -- --ignored \
+## API_GUARD_ADAPTER=module runs them against the dynamic module (its calls are HTTP/2 callouts
+## carrying the gRPC message: grpc_over_http.rs).
+API_GUARD_ADAPTER ?= wasm
+test-fleet: build $(if $(filter module,$(API_GUARD_ADAPTER)),module) envoy limitador-rls
+	cd tools/limitador-rls && nice cargo test --locked $(if $(filter redis,$(FLEET_ENGINE)),--no-default-features) --test rls_wire
+	API_GUARD_ADAPTER=$(API_GUARD_ADAPTER) FLEET_ENGINE=$(FLEET_ENGINE) cargo test -p api-guard-envoy-tests --test envoy_fleet -- --ignored \
 		--test-threads 1 --nocapture $(if $(filter redis,$(FLEET_ENGINE)),--skip limitador_engine)
 
 ## run-fleet: the fleet demo: Redis on :6390, the Rate Limit Service on :8081, two Envoys with
@@ -258,7 +277,7 @@ lint:
 ## micro-benchmarks of the core; writes bench/results.md and bench/callgrind-results.md.
 ## BENCH_BASELINES="label=path/to/older/api_guard.wasm ..." measures earlier builds in the same run.
 BENCH_BASELINES ?=
-bench: build envoy cli
+bench: build module envoy cli
 	@{ command -v wrk && command -v valgrind; } >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind >/dev/null; } || \
 		{ echo "install wrk and valgrind (Debian packages 'wrk', 'valgrind')" >&2; exit 1; }
@@ -269,6 +288,11 @@ bench: build envoy cli
 	python3 bench/run.py $(foreach b,$(BENCH_BASELINES),--baseline $(b))
 	python3 bench/callgrind.py $(foreach b,$(BENCH_BASELINES),--baseline $(b))
 	cargo bench -p api-guard-core --bench core --bench network
+
+## flood: issue 5's flood of one million distinct rate-limit keys (make test sends 200,000)
+flood: build envoy cli
+	API_GUARD_FLOOD_KEYS=1000000 cargo test -p api-guard-envoy-tests --test envoy_rate_limit \
+		distinct_keys_flood -- --nocapture
 
 ## soak: the demo config (envoy/demo.yaml) at saturation for SOAK_SECONDS (default 600) with a mix
 ## of valid, refused and malformed requests over HTTP/1.1 (wrk) and HTTP/2 (h2load); reports the

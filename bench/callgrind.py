@@ -68,7 +68,7 @@ def measure(envoy, kind, workload, tokens, args, tmp):
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
          f"--callgrind-out-file={out}", str(envoy), "-c", str(cfg), "--concurrency", "1",
          "--disable-hot-restart", "--log-level", "warn"],
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT, env=bench.envoy_env())
     try:
         bench.wait_ready(proc, timeout=600)
         conn = http.client.HTTPConnection("127.0.0.1", bench.PORT, timeout=120)
@@ -110,7 +110,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=400)
-    parser.add_argument("--kinds", default="bare,hostcall-floor,native,api-guard")
+    parser.add_argument("--kinds", default="bare,hostcall-floor,native,api-guard,api-guard-module")
     parser.add_argument("--workloads", default="hot,cold,reject")
     parser.add_argument("--baseline", action="append", default=[],
                         help="[LABEL=]an earlier api_guard.wasm, counted beside this one (repeatable)")
@@ -151,11 +151,12 @@ def main():
         return f"{results[(workload, base)] / results[(workload, kind)]:.2f}"
 
     baselines = bench.BASELINES
-    head = "| workload | configuration | instructions / request | native / this | bare / this |"
+    head = "| workload | configuration | instructions / request | native / this | bare / this | hostcall-floor / this |"
     head += "".join(f" {b} / this |" for b in baselines)
-    lines = [head, "|---|---|---|---|---|" + "---|" * len(baselines)]
+    lines = [head, "|---|---|---|---|---|---|" + "---|" * len(baselines)]
     for (workload, kind), per_request in results.items():
-        row = f"| {workload} | {kind} | {per_request:,.0f} | {ratio(workload, kind, 'native')} | {ratio(workload, kind, 'bare')} |"
+        row = (f"| {workload} | {kind} | {per_request:,.0f} | {ratio(workload, kind, 'native')} | "
+               f"{ratio(workload, kind, 'bare')} | {ratio(workload, kind, 'hostcall-floor')} |")
         row += "".join(f" {ratio(workload, kind, b)} |" for b in baselines)
         lines.append(row)
     table = "\n".join(lines)

@@ -15,6 +15,9 @@ second listener of the same Envoy as the upstream answering a small JSON body:
              response_headers_to_add
   api-guard  the filter with the equivalent config (JWT ES256, CORS, security headers, a rate
              limit, error rewriting)
+  api-guard-module
+             the same config through the Envoy dynamic module (target/release/libapi_guard.so,
+             `make module`): the same core, native code in Envoy's process
 Workloads: hot (one valid token), cold (20,000 distinct valid tokens, round robin), reject
 (distinct tokens with a bad signature), limited (a rate limit that refuses most requests).
 Configurations are interleaved in rounds and medians reported: this machine is shared and noisy.
@@ -50,6 +53,12 @@ WASM = ROOT / "target/wasm32-wasip1/release/api_guard.wasm"
 EMPTY_WASM = ROOT / "target/empty-filter/wasm32-wasip1/release/empty_filter.wasm"
 FLOOR_WASM = ROOT / "target/hostcall-floor/wasm32-wasip1/release/hostcall_floor.wasm"
 WASM_KINDS = {"api-guard": WASM, "empty-wasm": EMPTY_WASM, "hostcall-floor": FLOOR_WASM}
+# The dynamic module (`make module`), loaded as module `api_guard` from this directory.
+MODULE_DIR = ROOT / "target/release"
+MODULE = MODULE_DIR / "libapi_guard.so"
+MODULE_KIND = "api-guard-module"
+# Configurations of api-guard itself (ratios to native and bare are reported for them).
+API_GUARD_KINDS = {*WASM_KINDS, MODULE_KIND}
 # Earlier builds of api_guard.wasm given with --baseline (their labels, in order).
 BASELINES = []
 KEY = ROOT / "tests/keys/p256.json"
@@ -167,6 +176,17 @@ typed_per_filter_config:
     filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }}, runtime_key: rl_enforced }}
     enable_x_ratelimit_headers: DRAFT_VERSION_03
 """
+    elif kind == MODULE_KIND:
+        filters = f"""
+- name: envoy.filters.http.dynamic_modules
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    dynamic_module_config: {{ name: api_guard }}
+    filter_name: api-guard
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.StringValue
+      value: {json.dumps(json.dumps(api_guard_config(limit)))}
+"""
     elif kind in WASM_KINDS:
         config = json.dumps(api_guard_config(limit)) if kind in ["api-guard", *BASELINES] else ""
         wasm = WASM_KINDS[kind]
@@ -260,6 +280,11 @@ end
 """
 
 
+def envoy_env():
+    """Envoy's environment: the dynamic module is found on ENVOY_DYNAMIC_MODULES_SEARCH_PATH."""
+    return dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(MODULE_DIR))
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -319,7 +344,8 @@ def measure(kind, workload, tokens_file, args, tmp):
     cfg.write_text(envoy_yaml(kind, limit))
     log = open(tmp / f"envoy-{kind}-{workload}.log", "w")
     proc = subprocess.Popen(pinned(0) + [ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                                        "--log-level", "info"], stdout=log, stderr=subprocess.STDOUT)
+                                        "--log-level", "info"], stdout=log, stderr=subprocess.STDOUT,
+                            env=envoy_env())
     try:
         wait_ready(proc)
         first = Path(tokens_file).read_text().split()[0]
@@ -351,7 +377,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workloads", default="hot,cold,reject,limited")
-    parser.add_argument("--kinds", default="bare,empty-wasm,hostcall-floor,native,api-guard",
+    parser.add_argument("--kinds", default="bare,empty-wasm,hostcall-floor,native,api-guard,api-guard-module",
                         help="configurations to run (the table needs native and api-guard)")
     parser.add_argument("--out", default=str(ROOT / "bench/results.md"))
     parser.add_argument("--baseline", action="append", default=[],
@@ -361,12 +387,16 @@ def main():
         label, _, path = given.rpartition("=") if "=" in given else ("baseline", "", given)
         if not Path(path).exists():
             sys.exit(f"{path} not found")
-        if label in WASM_KINDS or label in ("bare", "native"):
+        if label in API_GUARD_KINDS or label in ("bare", "native"):
             sys.exit(f"--baseline label {label!r} is taken")
         WASM_KINDS[label] = Path(path)
+        API_GUARD_KINDS.add(label)
         BASELINES.append(label)
-    for path, make in [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build"),
-                       (EMPTY_WASM, "make bench"), (FLOOR_WASM, "make bench")]:
+    needed = [(ENVOY, "make envoy"), (CLI, "make cli"), (WASM, "make build"),
+              (EMPTY_WASM, "make bench"), (FLOOR_WASM, "make bench")]
+    if MODULE_KIND in args.kinds.split(","):
+        needed.append((MODULE, "make module"))
+    for path, make in needed:
         if not Path(path).exists():
             sys.exit(f"{path} not found: run `{make}`")
     if not shutil.which("wrk"):
@@ -390,8 +420,9 @@ def main():
     workloads = args.workloads.split(",")
     chosen = args.kinds.split(",")
     chosen.extend(BASELINES)
-    hot_kinds = [k for k in ["bare", "empty-wasm", "hostcall-floor", "native", *BASELINES, "api-guard"] if k in chosen]
-    other_kinds = [k for k in ["native", *BASELINES, "api-guard"] if k in chosen]
+    hot_kinds = [k for k in ["bare", "empty-wasm", "hostcall-floor", "native", *BASELINES, "api-guard", MODULE_KIND]
+                 if k in chosen]
+    other_kinds = [k for k in ["native", *BASELINES, "api-guard", MODULE_KIND] if k in chosen]
     plan = [(w, k) for w in workloads for k in (hot_kinds if w == "hot" else other_kinds)]
     results = {key: [] for key in plan}
     print(f"wrk -t1 -c{args.connections}: {args.duration}s per run after {args.warmup}s warm-up, "
@@ -416,18 +447,18 @@ def main():
         return f"{statistics.median(a['rps'] / b['rps'] for a, b in pairs):.2f}"
 
     base_col = "".join(f" / {b} |" for b in BASELINES)
-    lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | / native | / bare |" + base_col,
-             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(BASELINES)]
+    lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | / native | / bare | / hostcall-floor |" + base_col,
+             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(BASELINES)]
     for workload in workloads:
         kinds = hot_kinds if workload == "hot" else other_kinds
         for kind in kinds:
             rows = results[(workload, kind)]
             growth = max((r["rss_after"] - r["rss_warm"]) / r["rss_warm"] * 100 for r in rows if r["rss_warm"])
-            ratio_native = ratio(workload, kind, "native") if kind in WASM_KINDS else ""
-            ratio_bare = ratio(workload, kind, "bare") if kind in WASM_KINDS else ""
+            ratio_native = ratio(workload, kind, "native") if kind in API_GUARD_KINDS else ""
+            ratio_bare = ratio(workload, kind, "bare") if kind in API_GUARD_KINDS else ""
             lines.append(f"| {workload} | {kind} | {med(workload, kind, 'rps'):.0f} | {med(workload, kind, 'p50'):.2f} | "
                          f"{med(workload, kind, 'p99'):.2f} | {sum(r['non2xx'] for r in rows)} | {growth:+.1f}% | "
-                         f"{ratio_native} | {ratio_bare} |"
+                         f"{ratio_native} | {ratio_bare} | {ratio(workload, kind, 'hostcall-floor') if kind == 'api-guard' else ''} |"
                          + "".join(f" {ratio(workload, kind, b) if kind == 'api-guard' else ''} |" for b in BASELINES))
     wasm_size = WASM.stat().st_size
     table = "\n".join(lines)

@@ -562,6 +562,12 @@ fn report_mode_forwards_an_oversized_held_body_intact() {
 
 #[test]
 fn without_allow_on_headers_stop_iteration_body_routes_fail_closed() {
+    if common::adapter() == common::Adapter::Module {
+        // `allow_on_headers_stop_iteration` is a setting of Envoy's wasm filter: the dynamic
+        // module has no such switch (Envoy always hands it the body of a request it holds),
+        // and the rest of this file checks its body routes.
+        return;
+    }
     let envoy = start(EnvoyOptions {
         omit_allow_on_headers_stop_iteration: true,
         ..Default::default()

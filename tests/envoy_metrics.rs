@@ -41,6 +41,9 @@ const WEBHOOK_SECRET: &str = "metrics-test-webhook-secret";
 /// Generous: two cores shared by several Envoys.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// How Envoy 1.40 writes the dynamic module's custom stats in `/stats/prometheus`.
+const MODULE_PROMETHEUS_PREFIX: &str = "envoy_dynamicmodulescustom_";
+
 /// One Prometheus text exposition: series (`name{labels}` as Envoy writes it) to value, and
 /// family to `# TYPE`.
 struct Scrape {
@@ -57,10 +60,14 @@ impl Scrape {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut parts = rest.split_whitespace();
                 if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                    let name = name.strip_prefix(MODULE_PROMETHEUS_PREFIX).unwrap_or(name);
                     types.insert(name.to_string(), kind.to_string());
                 }
                 continue;
             }
+            // The dynamic module's stats are `dynamicmodulescustom.<name>`, which Envoy's
+            // exposition writes with its `envoy_` prefix: the same series under another name.
+            let line = line.strip_prefix(MODULE_PROMETHEUS_PREFIX).unwrap_or(line);
             if !line.starts_with("api_guard_") {
                 continue;
             }

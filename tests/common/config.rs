@@ -152,6 +152,19 @@ pub fn render_with(p: &ConfigParams<'_>, extras: &RenderExtras<'_>) -> String {
     let wasm_filter = match (extras.wasm_filter_yaml, p.plugin) {
         (Some(filter), _) => reindent(filter, 10),
         (None, None) => String::new(),
+        (None, Some((json, _))) if super::adapter() == super::Adapter::Module => format!(
+            r#"          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              # Found as libapi_guard.so on ENVOY_DYNAMIC_MODULES_SEARCH_PATH (the harness sets it).
+              dynamic_module_config: {{ name: api_guard }}
+              filter_name: api-guard
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {value}
+"#,
+            value = yaml_quote(json),
+        ),
         (None, Some((json, wasm))) => format!(
             r#"          - name: envoy.filters.http.wasm
             typed_config:

@@ -19,6 +19,9 @@
 //! * `ENVOY` — Envoy binary (default `<crate>/.venv/bin/envoy`).
 //! * `API_GUARD_WASM` — wasm module (default
 //!   `<crate>/target/wasm32-wasip1/release/api_guard.wasm`).
+//! * `API_GUARD_ADAPTER` — `wasm` (default): the proxy-wasm filter; `module`: the same tests
+//!   against the Envoy dynamic module (`make test-module`), loaded from `API_GUARD_MODULE_DIR`
+//!   (default `<crate>/target/release`, `make module`) as module `api_guard`.
 //! * `KEEP_ENVOY_TMP` — keep per-Envoy temp dirs.
 #![allow(
     dead_code,
@@ -119,6 +122,58 @@ pub fn wasm_path() -> PathBuf {
     match std::env::var_os("API_GUARD_WASM") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => crate_root().join("target/wasm32-wasip1/release/api_guard.wasm"),
+    }
+}
+
+/// Which build of api-guard the harness loads into Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    /// The proxy-wasm filter (`envoy.filters.http.wasm`, V8).
+    Wasm,
+    /// The dynamic module (`envoy.filters.http.dynamic_modules`, module `api_guard`).
+    Module,
+}
+
+/// `API_GUARD_ADAPTER`: `module` for the dynamic module, anything else the wasm filter.
+pub fn adapter() -> Adapter {
+    match std::env::var("API_GUARD_ADAPTER").as_deref() {
+        Ok("module") => Adapter::Module,
+        _ => Adapter::Wasm,
+    }
+}
+
+/// The line Envoy 1.40 logs when the module's ABI version is its own. On a mismatch it only
+/// warns and loads the module anyway, so every Envoy the harness starts with the module must
+/// have logged it.
+pub const MODULE_ABI_MATCHED: &str = "Dynamic module ABI version v0.2.0 matched";
+
+/// `$API_GUARD_MODULE_DIR` if set, else `<crate root>/target/release` (where `make module`
+/// puts `libapi_guard.so`).
+pub fn module_dir() -> PathBuf {
+    match std::env::var_os("API_GUARD_MODULE_DIR") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => crate_root().join("target/release"),
+    }
+}
+
+/// Panics unless the dynamic module exists; returns its directory (absolute).
+fn require_module() -> PathBuf {
+    let dir = module_dir();
+    let file = dir.join("libapi_guard.so");
+    if !file.is_file() {
+        panic!(
+            "dynamic module {} not found: run `make module`",
+            file.display()
+        );
+    }
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// What the filter entry of the config loads: the wasm file, or the module's directory.
+fn require_filter_build() -> PathBuf {
+    match adapter() {
+        Adapter::Wasm => require_wasm(),
+        Adapter::Module => require_module(),
     }
 }
 
@@ -265,8 +320,12 @@ impl Envoy {
     /// wasm file still panics.
     pub fn try_start(opts: EnvoyOptions) -> Result<Envoy, StartError> {
         let envoy_bin = require_envoy();
-        let wasm =
-            (opts.plugin_config.is_some() || opts.wasm_filter_yaml.is_some()).then(require_wasm);
+        let wasm = if opts.wasm_filter_yaml.is_some() {
+            // A filter entry of the test's own (ECDS, an Istio-shaped config): proxy-wasm.
+            Some(require_wasm())
+        } else {
+            opts.plugin_config.is_some().then(require_filter_build)
+        };
         let upstream = Upstream::start();
         // A port that was free a moment ago and that nothing here listens on.
         let dead_port = opts.upstream_down.then(|| free_port_pair().0);
@@ -599,13 +658,17 @@ fn launch(
         .arg("--log-level")
         .arg("info")
         .arg("--component-log-level")
-        .arg("wasm:debug")
+        .arg("wasm:debug,dynamic_modules:debug")
         // Flush the log file promptly so `log()` / `wait_for_log` see recent lines.
         .arg("--file-flush-interval-msec")
         .arg("50")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    if adapter() == Adapter::Module {
+        // Envoy finds module `api_guard` as `lib api_guard.so` on this path.
+        cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", require_module());
+    }
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", envoy_bin.display()));
@@ -618,13 +681,37 @@ fn launch(
         config_yaml: yaml.to_string(),
     };
 
-    match wait_ready(&mut child, admin_port) {
+    let ready = wait_ready(&mut child, admin_port).and_then(|()| {
+        if yaml.contains("dynamic_module_config") {
+            wait_for_abi_match(&log_path)
+        } else {
+            Ok(())
+        }
+    });
+    match ready {
         Ok(()) => Ok(child),
         Err(reason) => {
             let _ = child.kill();
             let _ = child.wait();
             Err(fail(format!("{reason} (files in {})", dir.display())))
         }
+    }
+}
+
+/// Envoy loaded the module and said its ABI version matched (the log is flushed every 50 ms).
+fn wait_for_abi_match(log_path: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if read_lossy(log_path).contains(MODULE_ABI_MATCHED) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "Envoy loaded the dynamic module without logging \"{MODULE_ABI_MATCHED}\": the \
+                 module's ABI version is not this Envoy's"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
