@@ -84,6 +84,47 @@ pub fn same_map(a: &[(&[u8], &[u8])], b: &[(&[u8], &[u8])]) -> bool {
     covered(a, b) && covered(b, a)
 }
 
+/// The fuzz target (`fuzz/fuzz_targets/module_header_edits.rs`; replayed over its corpus by
+/// `module/tests/fuzz_corpus.rs`): `data` is two header maps, separated by a 0xFF byte, one
+/// `name:value` per line. Whatever the maps, applying the edits to the first gives the second,
+/// and no edit names a header neither map has.
+pub fn fuzz_header_edits(data: &[u8]) {
+    let mut halves = data.splitn(2, |b| *b == 0xff);
+    let parse = |half: &'_ [u8]| -> Vec<(Vec<u8>, Vec<u8>)> {
+        half.split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| match line.iter().position(|b| *b == b':') {
+                Some(at) => (line[..at].to_vec(), line[at + 1..].to_vec()),
+                None => (line.to_vec(), Vec::new()),
+            })
+            .collect()
+    };
+    let current = parse(halves.next().unwrap_or_default());
+    let wanted = parse(halves.next().unwrap_or_default());
+    let current: Vec<(&[u8], &[u8])> = current
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect();
+    let wanted: Vec<(&[u8], &[u8])> = wanted
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect();
+    let edits = header_edits(&current, &wanted);
+    let known = |name: &[u8]| {
+        current
+            .iter()
+            .chain(wanted.iter())
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    for edit in &edits {
+        let (HeaderEdit::Remove(name) | HeaderEdit::Set(name, _) | HeaderEdit::Add(name, _)) = edit;
+        assert!(known(name), "an edit names a header neither map has");
+    }
+    let mut map = current.clone();
+    apply(&mut map, &edits);
+    assert!(same_map(&map, &wanted), "the edits do not give the wanted map");
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
