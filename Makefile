@@ -310,7 +310,7 @@ soak: build envoy cli
 FUZZ_SECONDS ?= 60
 FUZZ_SANITIZER ?= none
 FUZZ_TARGETS ?= config_load jwt_verify route_match path_differential api_key_header webhook_signature \
-	body_schema header_pairs module_header_edits
+	body_schema header_pairs module_host_data
 fuzz:
 	@cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

@@ -54,7 +54,7 @@ EMPTY_WASM = ROOT / "target/empty-filter/wasm32-wasip1/release/empty_filter.wasm
 FLOOR_WASM = ROOT / "target/hostcall-floor/wasm32-wasip1/release/hostcall_floor.wasm"
 WASM_KINDS = {"api-guard": WASM, "empty-wasm": EMPTY_WASM, "hostcall-floor": FLOOR_WASM}
 # The dynamic module (`make module`), loaded as module `api_guard` from this directory.
-MODULE_DIR = ROOT / "target/release"
+MODULE_DIR = Path(os.environ.get("API_GUARD_MODULE_DIR") or ROOT / "target/release")
 MODULE = MODULE_DIR / "libapi_guard.so"
 MODULE_KIND = "api-guard-module"
 # Configurations of api-guard itself (ratios to native and bare are reported for them).

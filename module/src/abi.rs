@@ -77,6 +77,35 @@ impl RawHeader {
     };
 }
 
+/// A header map lent by Envoy for one visit (see [`Stream::with_header_views`]).
+#[derive(Clone, Copy)]
+pub struct HeaderViews<'v> {
+    raw: &'v [RawHeader],
+}
+
+impl<'v> HeaderViews<'v> {
+    pub fn iter(self) -> impl Iterator<Item = (&'v [u8], &'v [u8])> + Clone + 'v {
+        self.raw.iter().map(|h| {
+            // SAFETY: the views Envoy wrote point at its map, unchanged during the visit
+            // (`with_header_views`), and live no longer than the visit.
+            unsafe {
+                (
+                    RawBuffer {
+                        ptr: h.key_ptr,
+                        len: h.key_len,
+                    }
+                    .bytes(),
+                    RawBuffer {
+                        ptr: h.value_ptr,
+                        len: h.value_len,
+                    }
+                    .bytes(),
+                )
+            }
+        })
+    }
+}
+
 /// The header maps (`envoy_dynamic_module_type_http_header_type`).
 #[derive(Clone, Copy)]
 #[repr(u32)]
@@ -467,6 +496,32 @@ impl Stream {
     /// no longer than that stream.
     pub unsafe fn from_hook(ptr: *mut c_void) -> Stream {
         Stream { ptr }
+    }
+
+    /// Every header of `map` as Envoy's own bytes, lent to `visit` (nothing is copied). `visit`
+    /// must not change the map: the views point into it. `None`: Envoy could not hand it out.
+    pub fn with_header_views<R>(
+        &self,
+        map: HeaderMap,
+        visit: impl FnOnce(HeaderViews<'_>) -> R,
+    ) -> Option<R> {
+        // SAFETY: the live stream; Envoy fills exactly `count` entries pointing into its map,
+        // which stays unchanged while `visit` runs (its contract), and the views do not
+        // outlive `raw`, which the iterator borrows.
+        unsafe {
+            let count = envoy_dynamic_module_callback_http_get_headers_size(self.ptr, map as u32);
+            let mut raw = vec![RawHeader::EMPTY; count];
+            if count > 0
+                && !envoy_dynamic_module_callback_http_get_headers(
+                    self.ptr,
+                    map as u32,
+                    raw.as_mut_ptr(),
+                )
+            {
+                return None;
+            }
+            Some(visit(HeaderViews { raw: &raw }))
+        }
     }
 
     /// Every header of `map`, copied out of Envoy's zero-copy views into one buffer.

@@ -1,128 +1,113 @@
-//! Host data the adapter turns into edits, without the host: pure, so the fuzz target and the
-//! native tests can drive it.
+//! What the adapter makes of host data, without the host: pure, so that the fuzz target and the
+//! native tests drive the very functions the hooks call.
 //!
-//! The core hands the adapter a whole response header map to write (one write is what
-//! proxy-wasm offers). The dynamic-module ABI edits a map one header at a time instead, so the
-//! map Envoy has and the map the core wants become a list of edits: every name whose values
-//! differ is set to its first wanted value and given the rest in order; every name no longer
-//! wanted is removed. Names the core leaves as they are cost nothing.
+//! - A request header map as Envoy lends it (views of any bytes) becomes the core's
+//!   `RequestHead` (`RequestHead::from_views`).
+//! - The response headers the core wants become changes to Envoy's map, header by header
+//!   (`HttpFlow::on_response_header_changes`): the ABI has no whole-map write.
+//! - A callout answer becomes the rate limit service's reply (`grpc_over_http::reply`).
 
-/// One change to a header map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderEdit<'a> {
-    /// Remove every value of this name.
-    Remove(&'a [u8]),
-    /// Replace every value of this name by this one.
-    Set(&'a [u8], &'a [u8]),
-    /// Append this value to the name (after a `Set` of the same name).
-    Add(&'a [u8], &'a [u8]),
-}
+use api_guard_core::limits::rate_limit_service::grpc_over_http::{self, HttpAnswer};
+use api_guard_core::limits::rate_limit_service::ServiceReply;
+use api_guard_core::pipeline::policy::{HeaderChange, ResponseEdits};
+use api_guard_core::request::head::RequestHead;
 
-fn values<'a>(map: &[(&'a [u8], &'a [u8])], name: &[u8]) -> Vec<&'a [u8]> {
-    map.iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| *v)
-        .collect()
-}
-
-/// The edits that turn `current` into `wanted` (names compared without case, as HTTP does;
-/// the order of a name's values is kept).
-pub fn header_edits<'a>(
-    current: &[(&'a [u8], &'a [u8])],
-    wanted: &[(&'a [u8], &'a [u8])],
-) -> Vec<HeaderEdit<'a>> {
-    let mut edits = Vec::new();
-    let mut seen: Vec<&[u8]> = Vec::new();
-    for (name, _) in current {
-        if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        seen.push(name);
-        if !wanted.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            edits.push(HeaderEdit::Remove(name));
-        }
-    }
-    let mut done: Vec<&[u8]> = Vec::new();
-    for (name, _) in wanted {
-        if done.iter().any(|d| d.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        done.push(name);
-        let want = values(wanted, name);
-        if values(current, name) == want {
-            continue;
-        }
-        let mut rest = want.into_iter();
-        if let Some(first) = rest.next() {
-            edits.push(HeaderEdit::Set(name, first));
-        }
-        edits.extend(rest.map(|value| HeaderEdit::Add(name, value)));
-    }
-    edits
-}
-
-/// Applies `edits` to a map held as pairs: what Envoy's map becomes (for the tests and the
-/// fuzz target, which check that the result is `wanted`).
-pub fn apply<'a>(map: &mut Vec<(&'a [u8], &'a [u8])>, edits: &[HeaderEdit<'a>]) {
-    for edit in edits {
-        match *edit {
-            HeaderEdit::Remove(name) => map.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
-            HeaderEdit::Set(name, value) => {
-                map.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+/// Applies `changes` to a map held as pairs, as Envoy's `set_header` (a null value removes),
+/// `add_header` and `set_header` do.
+pub fn apply<'a>(map: &mut Vec<(&'a [u8], &'a [u8])>, changes: &[HeaderChange<'a>]) {
+    for change in changes {
+        match *change {
+            HeaderChange::Remove(name) => map.retain(|(n, _)| *n != name),
+            HeaderChange::Set(name, value) => {
+                map.retain(|(n, _)| *n != name);
                 map.push((name, value));
             }
-            HeaderEdit::Add(name, value) => map.push((name, value)),
+            HeaderChange::Add(name, value) => map.push((name, value)),
         }
     }
 }
 
 /// Whether two maps hold the same values per name, in the same order per name.
 pub fn same_map(a: &[(&[u8], &[u8])], b: &[(&[u8], &[u8])]) -> bool {
-    let covered = |x: &[(&[u8], &[u8])], y: &[(&[u8], &[u8])]| {
-        x.iter().all(|(name, _)| values(x, name) == values(y, name))
+    let values = |m: &'_ [(&'_ [u8], &'_ [u8])], name: &[u8]| {
+        m.iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_vec())
+            .collect::<Vec<_>>()
     };
-    covered(a, b) && covered(b, a)
+    a.iter()
+        .chain(b.iter())
+        .all(|(name, _)| values(a, name) == values(b, name))
 }
 
-/// The fuzz target (`fuzz/fuzz_targets/module_header_edits.rs`; replayed over its corpus by
-/// `module/tests/fuzz_corpus.rs`): `data` is two header maps, separated by a 0xFF byte, one
-/// `name:value` per line. Whatever the maps, applying the edits to the first gives the second,
-/// and no edit names a header neither map has.
-pub fn fuzz_header_edits(data: &[u8]) {
-    let mut halves = data.splitn(2, |b| *b == 0xff);
-    let parse = |half: &'_ [u8]| -> Vec<(Vec<u8>, Vec<u8>)> {
-        half.split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| match line.iter().position(|b| *b == b':') {
-                Some(at) => (line[..at].to_vec(), line[at + 1..].to_vec()),
-                None => (line.to_vec(), Vec::new()),
-            })
-            .collect()
-    };
-    let current = parse(halves.next().unwrap_or_default());
-    let wanted = parse(halves.next().unwrap_or_default());
-    let current: Vec<(&[u8], &[u8])> = current
-        .iter()
-        .map(|(n, v)| (n.as_slice(), v.as_slice()))
-        .collect();
-    let wanted: Vec<(&[u8], &[u8])> = wanted
-        .iter()
-        .map(|(n, v)| (n.as_slice(), v.as_slice()))
-        .collect();
-    let edits = header_edits(&current, &wanted);
-    let known = |name: &[u8]| {
-        current
-            .iter()
-            .chain(wanted.iter())
-            .any(|(n, _)| n.eq_ignore_ascii_case(name))
-    };
-    for edit in &edits {
-        let (HeaderEdit::Remove(name) | HeaderEdit::Set(name, _) | HeaderEdit::Add(name, _)) = edit;
-        assert!(known(name), "an edit names a header neither map has");
+fn lines(half: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+    half.split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| match line.iter().position(|b| *b == b':') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
+        })
+}
+
+/// The fuzz target (`fuzz/fuzz_targets/module_host_data.rs`, replayed over its corpus by
+/// `module/tests/fuzz_corpus.rs`). `data` is up to three parts separated by 0xFF bytes:
+/// 1. a header map, `name:value` per line, read as Envoy's request headers: the head is built
+///    and every regular header of it is one of the map's;
+/// 2. a response map, then after a line `--` edits (`-name` remove, `=name:value` set,
+///    `+name:value` append): applying the changes gives exactly the merged map;
+/// 3. bytes read as a rate limit service answer body: a well-framed message comes back whole,
+///    anything else is a failure.
+pub fn fuzz_host_data(data: &[u8]) {
+    let mut parts = data.splitn(3, |b| *b == 0xff);
+    let request = parts.next().unwrap_or_default();
+    let response = parts.next().unwrap_or_default();
+    let answer = parts.next().unwrap_or_default();
+
+    let head = RequestHead::from_views(lines(request), Box::new(|| None));
+    for (name, value) in head.headers() {
+        let listed = lines(request).any(|(n, v)| {
+            String::from_utf8_lossy(n) == name && String::from_utf8_lossy(v) == value
+        });
+        assert!(listed, "the head holds a header the map does not");
     }
-    let mut map = current.clone();
-    apply(&mut map, &edits);
-    assert!(same_map(&map, &wanted), "the edits do not give the wanted map");
+
+    let text = String::from_utf8_lossy(response);
+    let (map_text, edit_text) = text.split_once("\n--\n").unwrap_or((&text, ""));
+    let map: Vec<(&[u8], &[u8])> = lines(map_text.as_bytes()).collect();
+    let mut edits = ResponseEdits::default();
+    for line in edit_text.lines() {
+        let (name, value) = line
+            .get(1..)
+            .unwrap_or("")
+            .split_once(':')
+            .unwrap_or((line.get(1..).unwrap_or(""), ""));
+        match line.as_bytes().first() {
+            Some(b'-') => edits.remove.push(name),
+            Some(b'=') => edits.set.push((name, value)),
+            Some(b'+') => edits.append.push((name, value)),
+            _ => {}
+        }
+    }
+    let merged = edits.merge(&map);
+    let mut applied = map.clone();
+    apply(&mut applied, &edits.changes(&map));
+    assert!(
+        same_map(&applied, &merged),
+        "the changes do not give the merged map"
+    );
+
+    let reply = grpc_over_http::reply(Some(HttpAnswer {
+        status: 200,
+        grpc_status: None,
+        body: answer,
+    }));
+    if let ServiceReply::Message(message) = reply {
+        assert_eq!(
+            answer.get(5..),
+            Some(message.as_slice()),
+            "a message is the frame's body"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -130,42 +115,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    fn pairs<'a>(list: &[(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
-        list.iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect()
-    }
-
     #[test]
-    fn unchanged_headers_cost_no_edit() {
-        let current = pairs(&[(":status", "200"), ("content-type", "a/b"), ("x-a", "1")]);
-        let wanted = pairs(&[
-            (":status", "200"),
-            ("content-type", "a/b"),
-            ("x-a", "1"),
-            ("x-frame-options", "DENY"),
-        ]);
-        assert_eq!(
-            header_edits(&current, &wanted),
-            [HeaderEdit::Set(b"x-frame-options", b"DENY")]
+    fn the_three_parts() {
+        fuzz_host_data(
+            b":path:/a\nx-a:1\xff:status:200\nserver:envoy\n--\n-server\n=x-frame-options:DENY\n+vary:origin\xff\x00\x00\x00\x00\x02\x08\x01",
         );
-    }
-
-    #[test]
-    fn removed_changed_and_repeated_headers() {
-        let current = pairs(&[("server", "x"), ("vary", "a"), ("set-cookie", "1")]);
-        let wanted = pairs(&[("vary", "a"), ("vary", "origin"), ("set-cookie", "1")]);
-        let edits = header_edits(&current, &wanted);
-        assert_eq!(
-            edits,
-            [
-                HeaderEdit::Remove(b"server"),
-                HeaderEdit::Set(b"vary", b"a"),
-                HeaderEdit::Add(b"vary", b"origin"),
-            ]
-        );
-        let mut map = current.clone();
-        apply(&mut map, &edits);
-        assert!(same_map(&map, &wanted));
     }
 }

@@ -4,7 +4,6 @@
 //! command is a no-op here.
 
 use crate::abi::{status, Attribute, Body, CalloutAnswer, HeaderMap, Stream};
-use crate::decode::{header_edits, HeaderEdit};
 use crate::jwks::{Waiter, WaiterCell};
 use crate::shared::{self, ModuleConfig, WorkerState};
 use api_guard_core::authn::jwt::remote::{RemoteKeys, WaitTicket};
@@ -12,7 +11,7 @@ use api_guard_core::limits::rate_limit_service::{grpc_over_http, ServiceReply};
 use api_guard_core::pipeline::http_flow::{
     Command, FlowQueries, HttpFlow, Next, ResponseChunk, ResponseHeaders, Step,
 };
-use api_guard_core::pipeline::policy::{Decision, Forward, RequestEnv};
+use api_guard_core::pipeline::policy::{Decision, Forward, HeaderChange, RequestEnv};
 use api_guard_core::request::head::RequestHead;
 use api_guard_core::support::events::{self, SecurityEvent};
 use api_guard_core::support::metrics::{Tally, EVENTS_DROPPED_ID};
@@ -372,17 +371,16 @@ impl StreamFilter {
     pub fn on_request_headers(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
         let config = Arc::clone(&self.config);
         let worker = Rc::clone(&self.worker);
-        let pairs = stream.headers(HeaderMap::Request);
-        let step = match (pairs, config.policy.as_ref()) {
-            (None, policy) => self.flow.fail_closed(policy, "cannot read request headers"),
-            (Some(pairs), None) => {
-                let request_id = pairs
-                    .get("x-request-id")
+        let step = match config.policy.as_ref() {
+            None => {
+                let request_id = stream.header(HeaderMap::Request, "x-request-id");
+                let request_id = request_id
+                    .as_deref()
                     .and_then(|id| std::str::from_utf8(id).ok());
                 self.flow.on_request_headers_without_policy(request_id)
             }
-            (Some(pairs), Some(policy)) => {
-                // Both are read now, not when a decision asks: each is one in-process call.
+            Some(policy) => {
+                // Read now, not when a decision asks: each is one in-process call.
                 let address = String::from_utf8(
                     stream
                         .attribute_string(Attribute::SourceAddress)
@@ -390,16 +388,26 @@ impl StreamFilter {
                 )
                 .ok();
                 let tls = connection_is_tls(stream);
-                let mut head = RequestHead::from_pairs(&pairs, Box::new(move || address.clone()));
-                head.set_tls_source(Box::new(move || Some(tls)));
-                let mut queries = Queries {
-                    config: &config,
-                    worker: &worker,
-                    stream,
-                    phase: Phase::Headers,
-                };
-                self.flow
-                    .on_request_headers(policy, head, end_of_stream, &mut queries)
+                // The head is built from Envoy's own bytes (one copy, into the head).
+                let head = stream.with_header_views(HeaderMap::Request, |views| {
+                    RequestHead::from_views(views.iter(), Box::new(move || address.clone()))
+                });
+                match head {
+                    None => self
+                        .flow
+                        .fail_closed(Some(policy), "cannot read request headers"),
+                    Some(mut head) => {
+                        head.set_tls_source(Box::new(move || Some(tls)));
+                        let mut queries = Queries {
+                            config: &config,
+                            worker: &worker,
+                            stream,
+                            phase: Phase::Headers,
+                        };
+                        self.flow
+                            .on_request_headers(policy, head, end_of_stream, &mut queries)
+                    }
+                }
             }
         };
         match self.execute(stream, Phase::Headers, step) {
@@ -467,12 +475,12 @@ impl StreamFilter {
             return false;
         };
         let current: Vec<(&[u8], &[u8])> = pairs.iter().collect();
-        let written = self.flow.on_response_headers(
+        let written = self.flow.on_response_header_changes(
             config.policy.as_ref(),
             &current,
             end_of_stream,
             &mut queries,
-            &mut |wanted| write_response_headers(stream, &current, wanted),
+            &mut |changes| apply_response_changes(stream, changes),
         );
         match written {
             ResponseHeaders::Written { event } => {
@@ -537,16 +545,13 @@ fn apply_forward(stream: &Stream, forward: &Forward) -> bool {
             .is_none_or(|path| stream.set_header(HeaderMap::Request, b":path", path.as_bytes()))
 }
 
-fn write_response_headers(
-    stream: &Stream,
-    current: &[(&[u8], &[u8])],
-    wanted: &[(&[u8], &[u8])],
-) -> Result<(), ()> {
-    for edit in header_edits(current, wanted) {
-        let done = match edit {
-            HeaderEdit::Remove(name) => stream.remove_header(HeaderMap::Response, name),
-            HeaderEdit::Set(name, value) => stream.set_header(HeaderMap::Response, name, value),
-            HeaderEdit::Add(name, value) => stream.add_header(HeaderMap::Response, name, value),
+/// The core's changes to the response headers, one host call each.
+fn apply_response_changes(stream: &Stream, changes: &[HeaderChange<'_>]) -> Result<(), ()> {
+    for change in changes {
+        let done = match *change {
+            HeaderChange::Remove(name) => stream.remove_header(HeaderMap::Response, name),
+            HeaderChange::Set(name, value) => stream.set_header(HeaderMap::Response, name, value),
+            HeaderChange::Add(name, value) => stream.add_header(HeaderMap::Response, name, value),
         };
         if !done {
             return Err(());

@@ -4,7 +4,9 @@
 //! envelope's framing, what report mode does with a body over the limit) is made here, and
 //! tested natively.
 
-use crate::pipeline::policy::{response_status, Policy, ResponseContext, ResponseEdits};
+use crate::pipeline::policy::{
+    response_status, HeaderChange, Policy, ResponseContext, ResponseEdits,
+};
 use crate::response::error_rewrite::{BodySample, ResponseOrigin};
 use crate::response::reply::LocalReply;
 use crate::support::events::SecurityEvent;
@@ -77,6 +79,29 @@ impl<'a> ResponseHeadersPlan<'a> {
             merged.push((b"content-length", length.as_bytes()));
         }
         merged
+    }
+
+    /// [`ResponseHeadersPlan::headers`] as changes to `headers` (see [`ResponseEdits::changes`]).
+    pub fn changes<'h>(&'h self, headers: &[(&'h [u8], &'h [u8])]) -> Vec<HeaderChange<'h>>
+    where
+        'a: 'h,
+    {
+        let mut changes = self.edits.changes(headers);
+        if let Some(length) = &self.content_length {
+            let named = |c: &HeaderChange<'_>| match c {
+                HeaderChange::Remove(n) | HeaderChange::Set(n, _) | HeaderChange::Add(n, _) => {
+                    *n == b"content-length"
+                }
+            };
+            changes.retain(|c| !named(c));
+            let length = length.as_bytes();
+            if headers.iter().any(|(n, _)| *n == b"content-length") {
+                changes.push(HeaderChange::Set(b"content-length", length));
+            } else {
+                changes.push(HeaderChange::Add(b"content-length", length));
+            }
+        }
+        changes
     }
 
     /// What the body callbacks do, once the headers are written.

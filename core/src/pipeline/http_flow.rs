@@ -18,8 +18,8 @@ use crate::pipeline::flow::{
     self, BodyOverLimit, ErrorBodyRewrite, ResponseBody, ResponseHeadersPlan,
 };
 use crate::pipeline::policy::{
-    fallback_response_edits, BodyCheck, Decision, Forward, Policy, RequestEnv, ResponseContext,
-    Verdict,
+    fallback_response_edits, BodyCheck, Decision, Forward, HeaderChange, Policy, RequestEnv,
+    ResponseContext, ResponseEdits, Verdict,
 };
 use crate::request::head::{client_ip, RequestHead};
 use crate::response::error_rewrite::ResponseOrigin;
@@ -215,6 +215,16 @@ pub enum ResponseHeaders {
 
 /// Writes a whole response header map back to the host; `Err` if the host refused.
 pub type WriteHeaders<'w> = dyn FnMut(&[(&[u8], &[u8])]) -> Result<(), ()> + 'w;
+
+/// Applies changes to the host's response header map, in order; `Err` if the host refused one.
+pub type WriteChanges<'w> = dyn FnMut(&[HeaderChange<'_>]) -> Result<(), ()> + 'w;
+
+/// What the response's headers become, before it is put in the host's terms.
+enum PlannedHeaders<'p> {
+    /// No policy: the default security headers and the request id.
+    Fallback(&'p ResponseEdits<'p>),
+    Plan(&'p ResponseHeadersPlan<'p>),
+}
 
 /// The `x-request-id` of a response Envoy made itself, when it is an id (`%UNIQUE_ID%` is a
 /// UUID): letters, digits, `-` and `_`, at most 128 bytes. Anything else is not echoed.
@@ -480,6 +490,48 @@ impl HttpFlow {
         host: &mut dyn FlowQueries,
         write: &mut WriteHeaders<'_>,
     ) -> ResponseHeaders {
+        self.response_headers(
+            policy,
+            headers,
+            end_of_stream,
+            host,
+            &mut |edits| match edits {
+                PlannedHeaders::Fallback(edits) => write(&edits.merge(headers)),
+                PlannedHeaders::Plan(plan) => write(&plan.headers(headers)),
+            },
+        )
+    }
+
+    /// [`HttpFlow::on_response_headers`] for a host that edits the map header by header:
+    /// `apply` gets only the changes (see [`ResponseEdits::changes`]).
+    pub fn on_response_header_changes(
+        &mut self,
+        policy: Option<&Policy>,
+        headers: &[(&[u8], &[u8])],
+        end_of_stream: bool,
+        host: &mut dyn FlowQueries,
+        apply: &mut WriteChanges<'_>,
+    ) -> ResponseHeaders {
+        self.response_headers(
+            policy,
+            headers,
+            end_of_stream,
+            host,
+            &mut |edits| match edits {
+                PlannedHeaders::Fallback(edits) => apply(&edits.changes(headers)),
+                PlannedHeaders::Plan(plan) => apply(&plan.changes(headers)),
+            },
+        )
+    }
+
+    fn response_headers(
+        &mut self,
+        policy: Option<&Policy>,
+        headers: &[(&[u8], &[u8])],
+        end_of_stream: bool,
+        host: &mut dyn FlowQueries,
+        write: &mut dyn FnMut(PlannedHeaders<'_>) -> Result<(), ()>,
+    ) -> ResponseHeaders {
         if matches!(self.request, RequestPhase::Undecided) || policy.is_none() {
             // No request head was decided on (or none with a policy): the connection alone
             // says whether `strict-transport-security` may go out.
@@ -497,7 +549,7 @@ impl HttpFlow {
             self.response_phase = ResponsePhase::Passing;
             let fallback =
                 fallback_response_edits(&self.response.request_id, self.response.over_tls);
-            return match write(&fallback.edits().merge(headers)) {
+            return match write(PlannedHeaders::Fallback(&fallback.edits())) {
                 Ok(()) => ResponseHeaders::Written { event: None },
                 Err(()) => ResponseHeaders::WriteFailed,
             };
@@ -505,7 +557,7 @@ impl HttpFlow {
         let plan = ResponseHeadersPlan::new(policy, &self.response, headers, end_of_stream, || {
             host.response_code_details()
         });
-        if write(&plan.headers(headers)).is_err() {
+        if write(PlannedHeaders::Plan(&plan)).is_err() {
             return ResponseHeaders::WriteFailed;
         }
         let (phase, event) = match plan.body() {

@@ -1635,6 +1635,18 @@ impl FallbackResponse {
     }
 }
 
+/// One change to a header map, for a host that edits a map header by header (the dynamic
+/// module) instead of writing it whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderChange<'h> {
+    /// Remove every value of this name.
+    Remove(&'h [u8]),
+    /// Replace every value of this name by this one.
+    Set(&'h [u8], &'h [u8]),
+    /// Add this value to the name (which had none, or after a `Set` of it).
+    Add(&'h [u8], &'h [u8]),
+}
+
 /// Changes to a response, in the order: remove, set (replace), append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseEdits<'a> {
@@ -1653,6 +1665,66 @@ impl<'a> ResponseEdits<'a> {
     /// values any bytes): the adapter reads the map once and writes it back once, instead of one
     /// host call per header. Nothing is copied: the result borrows from the map and the edits,
     /// and a header the edits do not name goes back byte for byte.
+    /// The same result as [`ResponseEdits::merge`], as the changes that lead there from
+    /// `headers`: only what differs (a header already as wanted costs nothing; a name the map
+    /// lacks is added, not set). The host applies them in order.
+    pub fn changes<'h>(&'h self, headers: &[(&'h [u8], &'h [u8])]) -> Vec<HeaderChange<'h>>
+    where
+        'a: 'h,
+    {
+        let has = |name: &[u8]| headers.iter().any(|(n, _)| *n == name);
+        let mut changes = Vec::with_capacity(self.set.len() + self.append.len() + 2);
+        for (i, name) in self.remove.iter().enumerate() {
+            let name = name.as_bytes();
+            let again = self.remove[..i].iter().any(|r| r.as_bytes() == name);
+            if !again && has(name) && !self.set.iter().any(|(s, _)| s.as_bytes() == name) {
+                changes.push(HeaderChange::Remove(name));
+            }
+        }
+        for (i, (name, value)) in self.set.iter().enumerate() {
+            let (name, value) = (name.as_bytes(), value.as_bytes());
+            if self.set[..i].iter().any(|(s, _)| s.as_bytes() == name) {
+                // A second value of a name set already (merge keeps both).
+                changes.push(HeaderChange::Add(name, value));
+                continue;
+            }
+            let mut current = headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v);
+            let first = current.next();
+            let only_value = current.next().is_none();
+            let set_again = self.set[i + 1..].iter().any(|(s, _)| s.as_bytes() == name);
+            match first {
+                Some(existing) if existing == value && only_value && !set_again => {}
+                Some(_) => changes.push(HeaderChange::Set(name, value)),
+                None => changes.push(HeaderChange::Add(name, value)),
+            }
+        }
+        for (i, &(name, value)) in self.append.iter().enumerate() {
+            let listed = |v: &[u8]| {
+                v.split(|b| *b == b',')
+                    .any(|item| item.trim_ascii().eq_ignore_ascii_case(value.as_bytes()))
+            };
+            // What merge looks at: the map's values that stay, the set ones, those appended.
+            let removed = |n: &[u8]| {
+                self.remove.iter().any(|r| r.as_bytes() == n)
+                    || self.set.iter().any(|(s, _)| s.as_bytes() == n)
+            };
+            let present = headers
+                .iter()
+                .any(|(n, v)| *n == name.as_bytes() && !removed(n) && listed(v))
+                || self
+                    .set
+                    .iter()
+                    .any(|(n, v)| *n == name && listed(v.as_bytes()))
+                || self.append[..i]
+                    .iter()
+                    .any(|(n, v)| *n == name && listed(v.as_bytes()));
+            if !present {
+                changes.push(HeaderChange::Add(name.as_bytes(), value.as_bytes()));
+            }
+        }
+        changes
+    }
+
     pub fn merge<'h>(&'h self, headers: &[(&'h [u8], &'h [u8])]) -> Vec<(&'h [u8], &'h [u8])>
     where
         'a: 'h,

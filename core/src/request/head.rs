@@ -102,10 +102,21 @@ impl RequestHead {
     /// exact: one that is not UTF-8 marks the head [`RequestHead::unreadable`].
     /// The client's address is asked of `client_address` the first time a decision needs it.
     pub fn from_pairs(pairs: &HeaderPairs, client_address: AddressSource) -> RequestHead {
-        let text_bytes = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
-        let mut head = RequestHead::empty(pairs.len(), text_bytes);
+        RequestHead::from_views(pairs.iter(), client_address)
+    }
+
+    /// [`RequestHead::from_pairs`] over a header map a host lends as views (the dynamic
+    /// module's zero-copy `get_headers`): the map is copied once, into the head.
+    pub fn from_views<'a>(
+        pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+        client_address: AddressSource,
+    ) -> RequestHead {
+        let (count, text_bytes) = pairs.clone().fold((0, 0), |(count, bytes), (n, v)| {
+            (count + 1, bytes + n.len() + v.len())
+        });
+        let mut head = RequestHead::empty(count, text_bytes);
         head.client_address = Some(client_address);
-        for (name, value) in pairs.iter() {
+        for (name, value) in pairs {
             let pseudo = name.first() == Some(&b':');
             match (std::str::from_utf8(name), std::str::from_utf8(value)) {
                 (Ok(name), Ok(value)) => head.take(name, value),

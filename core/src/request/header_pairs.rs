@@ -60,8 +60,14 @@ impl HeaderPairs {
 
     /// Copies a header map a host hands out as views (the dynamic module's zero-copy
     /// `get_headers`) into one buffer.
-    pub fn copy_from<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> HeaderPairs {
-        let mut out = HeaderPairs::default();
+    pub fn copy_from<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> HeaderPairs {
+        let (count, bytes) = pairs.clone().fold((0, 0), |(count, bytes), (n, v)| {
+            (count + 1, bytes + n.len() + v.len())
+        });
+        let mut out = HeaderPairs {
+            bytes: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(count),
+        };
         for (name, value) in pairs {
             let name_start = out.bytes.len();
             out.bytes.extend_from_slice(name);
@@ -73,7 +79,7 @@ impl HeaderPairs {
         out
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
         self.spans.iter().filter_map(|(name, value)| {
             Some((
                 self.bytes.get(name.clone())?,
