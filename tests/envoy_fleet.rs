@@ -396,6 +396,8 @@ fn service_down_stalled_restarted_and_redis_down_follow_failure_mode() {
     let keys = keys();
     let mut fleet = Fleet::start(engine_under_test(), &keys);
     assert_eq!(fleet.get(0, "/deny", &[]).status, 200);
+    assert_eq!(service_answers(&fleet.envoys[0], "fleet_deny", "ok"), 1);
+    assert_eq!(service_answers(&fleet.envoys[0], "fleet_deny", "failed"), 0);
 
     // Down: deny answers 503, allow admits; an event names the reason either way.
     let rls_port = fleet.rls.port;
@@ -417,6 +419,12 @@ fn service_down_stalled_restarted_and_redis_down_follow_failure_mode() {
     );
     let event = failed_event(&fleet.envoys[1], "allow");
     assert_eq!(event["code"], "allowed", "{event}");
+    // A metric each, whatever the failure mode decided.
+    assert_eq!(service_answers(&fleet.envoys[0], "fleet_deny", "failed"), 1);
+    assert_eq!(
+        service_answers(&fleet.envoys[1], "fleet_allow", "failed"),
+        1
+    );
 
     // Restarted on the same port: the limit is back, with the counts kept in Redis.
     fleet.rls = start_rls(engine_under_test(), fleet.redis.port, Some(rls_port));
@@ -455,6 +463,20 @@ fn service_down_stalled_restarted_and_redis_down_follow_failure_mode() {
         .iter()
         .any(|e| e["event"] == "rate_limit_service_failed"
             && e["reason"].as_str().unwrap_or("").contains("gRPC status")));
+}
+
+/// `api_guard_rate_limit_service_total{limit, result}` of one Envoy, from its admin `/stats`
+/// (the stat is `wasmcustom.` or `dynamicmodulescustom.` and the series name, per adapter).
+fn service_answers(envoy: &Envoy, limit: &str, result: &str) -> u64 {
+    let series = format!("api_guard_rate_limit_service_total.limit.{limit}.result.{result}: ");
+    let stats = envoy.admin("/stats").body_str();
+    stats
+        .lines()
+        .find_map(|line| {
+            line.split_once(&series)
+                .map(|(_, n)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no stat {series:?} in /stats"))
 }
 
 /// The added latency per request of a service limit against the local limiter, in one run

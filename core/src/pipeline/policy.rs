@@ -58,8 +58,8 @@ use crate::response::reply::{
 use crate::response::security_headers::{SecurityHeaders, HSTS};
 use crate::support::events::{AuthSuccess, SecurityEvent};
 use crate::support::metrics::{
-    DecisionLabel, MetricsPlan, RateLimitResult, Tally, WebhookResult, TOKEN_CACHE_HIT_ID,
-    TOKEN_CACHE_MISS_ID,
+    DecisionLabel, MetricsPlan, RateLimitResult, ServiceLimitResult, Tally, WebhookResult,
+    TOKEN_CACHE_HIT_ID, TOKEN_CACHE_MISS_ID,
 };
 use std::rc::Rc;
 
@@ -1284,7 +1284,10 @@ impl Policy {
         if work.service_answer.is_none() {
             self.local_rate_limit(route, authenticated, work, env)?;
         }
-        let Some(limit) = route.service_limit.and_then(|i| self.service_limits.get(i)) else {
+        let Some((limit_index, limit)) = route
+            .service_limit
+            .and_then(|i| Some((i, self.service_limits.get(i)?)))
+        else {
             return Ok(None);
         };
         let Some(service) = self.rate_limit_services.get(limit.service) else {
@@ -1310,9 +1313,17 @@ impl Policy {
                     timeout_ms: service.timeout_ms,
                 })))
             }
-            Some(answer) => self
-                .apply_service_answer(limit, service, answer, work)
-                .map(|()| None),
+            Some(answer) => {
+                let result = match answer {
+                    ServiceAnswer::Ok(_) => ServiceLimitResult::Ok,
+                    ServiceAnswer::OverLimit(_) => ServiceLimitResult::OverLimit,
+                    ServiceAnswer::Failed(_) => ServiceLimitResult::Failed,
+                };
+                work.tally
+                    .push(self.metrics.service_limit(limit_index, result));
+                self.apply_service_answer(limit, service, answer, work)
+                    .map(|()| None)
+            }
         }
     }
 

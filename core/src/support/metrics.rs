@@ -58,6 +58,12 @@ pub const RATE_LIMIT: Family = Family {
     labels: &["limit", "result"],
     help: "Rate-limit checks by limit and result (allowed, limited, unavailable)",
 };
+pub const RATE_LIMIT_SERVICE: Family = Family {
+    name: "api_guard_rate_limit_service_total",
+    kind: MetricKind::Counter,
+    labels: &["limit", "result"],
+    help: "Answers of the rate limit service by limit and result (ok, over_limit, failed)",
+};
 pub const JWKS_FETCHES: Family = Family {
     name: "api_guard_jwks_fetches_total",
     kind: MetricKind::Counter,
@@ -112,6 +118,7 @@ pub const CONFIG_REFUSED: Family = Family {
 pub const FAMILIES: &[Family] = &[
     REQUESTS,
     RATE_LIMIT,
+    RATE_LIMIT_SERVICE,
     JWKS_FETCHES,
     JWKS_KEYS,
     JWKS_SECONDS_SINCE_SUCCESS,
@@ -143,6 +150,31 @@ pub fn stats_tag_regex(label: &str) -> String {
     format!(
         r"^(?:wasmcustom|dynamicmodulescustom)\.api_guard_[a-z_]+(?:\.[a-z_]+\.[^.]+)*?(\.{label}\.([^.]+))"
     )
+}
+
+/// What the rate limit service answered for a service limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceLimitResult {
+    Ok,
+    OverLimit,
+    /// An error, a timeout or no answer: `failure_mode` decided.
+    Failed,
+}
+
+impl ServiceLimitResult {
+    const ALL: [ServiceLimitResult; 3] = [
+        ServiceLimitResult::Ok,
+        ServiceLimitResult::OverLimit,
+        ServiceLimitResult::Failed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceLimitResult::Ok => "ok",
+            ServiceLimitResult::OverLimit => "over_limit",
+            ServiceLimitResult::Failed => "failed",
+        }
+    }
 }
 
 /// What a request decision was.
@@ -296,6 +328,8 @@ pub struct MetricsPlan {
     jwks_fetch_base: usize,
     jwks_keys_base: usize,
     jwks_age_base: usize,
+    /// After every other series: the service limits' (by index in `service_limits`).
+    service_limit_base: usize,
     /// Provider index (in `jwt.providers`) to its slot among the remote providers.
     remote_provider_slots: Vec<Option<usize>>,
 }
@@ -333,6 +367,7 @@ impl MetricsPlan {
             jwks_fetch_base: len,
             jwks_keys_base: len,
             jwks_age_base: len,
+            service_limit_base: len,
             remote_provider_slots: Vec::new(),
         }
     }
@@ -418,7 +453,24 @@ impl MetricsPlan {
                 kind: JWKS_SECONDS_SINCE_SUCCESS.kind,
             });
         }
+        plan.service_limit_base = plan.definitions.len();
+        for limit in &policy.service_limits {
+            let value = label_value(&limit.name);
+            for result in ServiceLimitResult::ALL {
+                plan.definitions.push(MetricDefinition {
+                    name: series_name(&RATE_LIMIT_SERVICE, &[&value, result.name()]),
+                    kind: RATE_LIMIT_SERVICE.kind,
+                });
+            }
+        }
         plan
+    }
+
+    /// `api_guard_rate_limit_service_total` for service limit `limit` (index in
+    /// `service_limits`).
+    pub fn service_limit(&self, limit: usize, result: ServiceLimitResult) -> Option<MetricId> {
+        let result = ServiceLimitResult::ALL.iter().position(|r| *r == result)?;
+        self.id(self.service_limit_base + limit * ServiceLimitResult::ALL.len() + result)
     }
 
     /// The series to define, indexed by [`MetricId`].
@@ -493,11 +545,12 @@ impl MetricsPlan {
     }
 }
 
-/// The counters one decision increments: at most four (the request's outcome, its rate limit,
-/// its token-cache lookup, its webhook check). Fixed size: no allocation per request.
+/// The counters one decision increments: at most six (the request's outcome, its rate limit,
+/// its service limit, its token-cache lookup, its webhook check). Fixed size: no allocation per
+/// request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
-    ids: [u32; 4],
+    ids: [u32; 6],
     len: u8,
 }
 
