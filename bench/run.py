@@ -338,12 +338,15 @@ def parse_wrk(text):
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "requests": int(total.group(1)) if total else 0}
 
 
-def measure(kind, workload, tokens_file, args, tmp):
+def measure(kind, workload, tokens_file, args, tmp, concurrency=1):
+    """One run. `concurrency` 2 (the scaling rows) leaves Envoy's two workers and wrk unpinned:
+    on this 2-core machine they share the cores."""
     limit = LIMITED if workload == "limited" else NEVER_LIMIT
     cfg = tmp / f"{kind}-{workload}.yaml"
     cfg.write_text(envoy_yaml(kind, limit))
-    log = open(tmp / f"envoy-{kind}-{workload}.log", "w")
-    proc = subprocess.Popen(pinned(0) + [ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+    log = open(tmp / f"envoy-{kind}-{workload}-c{concurrency}.log", "w")
+    envoy_cpu = pinned(0) if concurrency == 1 else []
+    proc = subprocess.Popen(envoy_cpu + [ENVOY, "-c", str(cfg), "--concurrency", str(concurrency), "--disable-hot-restart",
                                         "--log-level", "info"], stdout=log, stderr=subprocess.STDOUT,
                             env=envoy_env())
     try:
@@ -356,7 +359,8 @@ def measure(kind, workload, tokens_file, args, tmp):
         if status != expected:
             raise RuntimeError(f"{kind}/{workload}: probe answered {status}, expected {expected}")
         env = dict(os.environ, BENCH_TOKENS=str(tokens_file), BENCH_ORIGIN=ORIGIN)
-        wrk = pinned(1) + ["wrk", "-t1", f"-c{args.connections}", "-s", str(tmp / "tokens.lua"), "--latency"]
+        wrk_cpu = pinned(1) if concurrency == 1 else []
+        wrk = wrk_cpu + ["wrk", "-t1", f"-c{args.connections}", "-s", str(tmp / "tokens.lua"), "--latency"]
         url = f"http://127.0.0.1:{PORT}/api/documents"
         subprocess.run(wrk + [f"-d{args.warmup}s", url], env=env, check=True, capture_output=True)
         rss_warm = rss_kib(proc.pid)
@@ -382,6 +386,8 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "bench/results.md"))
     parser.add_argument("--baseline", action="append", default=[],
                         help="[LABEL=]an earlier api_guard.wasm, measured beside this one (repeatable)")
+    parser.add_argument("--scaling", default="bare,hostcall-floor,native,api-guard,api-guard-module",
+                        help="configurations also run with --concurrency 2 on `hot` (empty: none)")
     args = parser.parse_args()
     for given in args.baseline:
         label, _, path = given.rpartition("=") if "=" in given else ("baseline", "", given)
@@ -424,14 +430,18 @@ def main():
                  if k in chosen]
     other_kinds = [k for k in ["native", *BASELINES, "api-guard", MODULE_KIND] if k in chosen]
     plan = [(w, k) for w in workloads for k in (hot_kinds if w == "hot" else other_kinds)]
+    # The scaling rows: `hot` again with two workers (workload name "hot@2").
+    scaling = [k for k in args.scaling.split(",") if k and k in chosen] if "hot" in workloads else []
+    plan += [("hot@2", k) for k in scaling]
     results = {key: [] for key in plan}
     print(f"wrk -t1 -c{args.connections}: {args.duration}s per run after {args.warmup}s warm-up, "
           f"{args.rounds} rounds; Envoy --concurrency 1{' (pinned)' if pinned(0) else ''}", flush=True)
     for rnd in range(1, args.rounds + 1):
         for workload, kind in plan:
-            r = measure(kind, workload, files[workload], args, tmp)
+            base_workload, _, workers = workload.partition("@")
+            r = measure(kind, base_workload, files[base_workload], args, tmp, int(workers or 1))
             results[(workload, kind)].append(r)
-            print(f"  round {rnd} {workload:8} {kind:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
+            print(f"  round {rnd} {workload:8} {kind:16} {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
                   f"p99 {r['p99']:.2f} ms  non-2xx {r['non2xx']}  RSS {r['rss_warm'] // 1024}->{r['rss_after'] // 1024} MiB",
                   flush=True)
 
@@ -449,8 +459,8 @@ def main():
     base_col = "".join(f" / {b} |" for b in BASELINES)
     lines = ["| workload | configuration | median req/s | p50 ms | p99 ms | non-2xx (all rounds) | RSS growth | / native | / bare | / hostcall-floor |" + base_col,
              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(BASELINES)]
-    for workload in workloads:
-        kinds = hot_kinds if workload == "hot" else other_kinds
+    for workload in workloads + (["hot@2"] if scaling else []):
+        kinds = {"hot": hot_kinds, "hot@2": scaling}.get(workload, other_kinds)
         for kind in kinds:
             rows = results[(workload, kind)]
             growth = max((r["rss_after"] - r["rss_warm"]) / r["rss_warm"] * 100 for r in rows if r["rss_warm"])
@@ -461,6 +471,11 @@ def main():
                          f"{ratio_native} | {ratio_bare} | {ratio(workload, kind, 'hostcall-floor') if kind == 'api-guard' else ''} |"
                          + "".join(f" {ratio(workload, kind, b) if kind == 'api-guard' else ''} |" for b in BASELINES))
     wasm_size = WASM.stat().st_size
+    if scaling:
+        lines += ["", "| configuration | hot, 1 worker (req/s) | hot, 2 workers (req/s) | 2 workers / 1 |", "|---|---|---|---|"]
+        for kind in scaling:
+            one, two = med("hot", kind, "rps"), med("hot@2", kind, "rps")
+            lines.append(f"| {kind} | {one:.0f} | {two:.0f} | {two / one:.2f} |")
     table = "\n".join(lines)
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "
               f"({args.rounds} rounds, {args.duration} s runs, {args.connections} connections, "

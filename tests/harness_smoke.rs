@@ -173,11 +173,15 @@ fn wasm_mode_config_validates() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, &yaml).unwrap();
-    let out = Command::new(common::envoy_path())
+    let mut validate = Command::new(common::envoy_path());
+    validate
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+        .arg(&path);
+    if common::adapter() == common::Adapter::Module {
+        // Envoy loads the module to validate its config too.
+        validate.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", common::module_dir());
+    }
+    let out = validate.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
