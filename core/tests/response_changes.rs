@@ -3,20 +3,7 @@
 //! maps and edit lists drawn from a small alphabet so that names collide, repeat and overlap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use api_guard_core::pipeline::policy::{HeaderChange, ResponseEdits};
-
-fn apply<'a>(map: &mut Vec<(&'a [u8], &'a [u8])>, changes: &[HeaderChange<'a>]) {
-    for change in changes {
-        match *change {
-            HeaderChange::Remove(name) => map.retain(|(n, _)| *n != name),
-            HeaderChange::Set(name, value) => {
-                map.retain(|(n, _)| *n != name);
-                map.push((name, value));
-            }
-            HeaderChange::Add(name, value) => map.push((name, value)),
-        }
-    }
-}
+use api_guard_core::pipeline::policy::{apply_changes, ResponseEdits};
 
 /// Same values per name, in the same order per name (the order across names is the host's).
 fn same_map(a: &[(&[u8], &[u8])], b: &[(&[u8], &[u8])]) -> bool {
@@ -62,7 +49,7 @@ fn changes_give_the_merged_map() {
         let changes = edits.changes(&headers);
         with_changes += usize::from(!changes.is_empty());
         let mut applied = headers.clone();
-        apply(&mut applied, &changes);
+        apply_changes(&mut applied, &changes);
         assert!(
             same_map(&applied, &merged),
             "headers {headers:?}\nedits {edits:?}\nchanges {changes:?}\napplied {applied:?}\nmerged {merged:?}"

@@ -9,23 +9,8 @@
 
 use api_guard_core::limits::rate_limit_service::grpc_over_http::{self, HttpAnswer};
 use api_guard_core::limits::rate_limit_service::ServiceReply;
-use api_guard_core::pipeline::policy::{HeaderChange, ResponseEdits};
+use api_guard_core::pipeline::policy::{apply_changes, ResponseEdits};
 use api_guard_core::request::head::RequestHead;
-
-/// Applies `changes` to a map held as pairs, as Envoy's `set_header` (a null value removes),
-/// `add_header` and `set_header` do.
-pub fn apply<'a>(map: &mut Vec<(&'a [u8], &'a [u8])>, changes: &[HeaderChange<'a>]) {
-    for change in changes {
-        match *change {
-            HeaderChange::Remove(name) => map.retain(|(n, _)| *n != name),
-            HeaderChange::Set(name, value) => {
-                map.retain(|(n, _)| *n != name);
-                map.push((name, value));
-            }
-            HeaderChange::Add(name, value) => map.push((name, value)),
-        }
-    }
-}
 
 /// Whether two maps hold the same values per name, in the same order per name.
 pub fn same_map(a: &[(&[u8], &[u8])], b: &[(&[u8], &[u8])]) -> bool {
@@ -90,7 +75,7 @@ pub fn fuzz_host_data(data: &[u8]) {
     }
     let merged = edits.merge(&map);
     let mut applied = map.clone();
-    apply(&mut applied, &edits.changes(&map));
+    apply_changes(&mut applied, &edits.changes(&map));
     assert!(
         same_map(&applied, &merged),
         "the changes do not give the merged map"

@@ -11,7 +11,7 @@ use api_guard_core::limits::rate_limit_service::{grpc_over_http, ServiceReply};
 use api_guard_core::pipeline::http_flow::{
     Command, FlowQueries, HttpFlow, Next, ResponseChunk, ResponseHeaders, Step,
 };
-use api_guard_core::pipeline::policy::{Decision, Forward, HeaderChange, RequestEnv};
+use api_guard_core::pipeline::policy::{Decision, Forward, HeaderChange, Policy, RequestEnv};
 use api_guard_core::request::head::RequestHead;
 use api_guard_core::support::events::{self, SecurityEvent};
 use api_guard_core::support::metrics::{Tally, EVENTS_DROPPED_ID};
@@ -301,12 +301,16 @@ impl StreamFilter {
         }
     }
 
-    /// Decides again a request that waited for keys. `Continue`: the caller resumes it.
-    fn keys_settled(&mut self, stream: &Stream, phase: Phase) -> Next {
+    /// One event of the flow that needs the policy, with the host's queries, and its step
+    /// carried out. `None`: the configuration was refused (the event has nothing to decide).
+    fn with_policy(
+        &mut self,
+        stream: &Stream,
+        phase: Phase,
+        event: impl FnOnce(&mut HttpFlow, &Policy, &mut Queries<'_>) -> Step,
+    ) -> Option<Next> {
         let config = Arc::clone(&self.config);
-        let Some(policy) = config.policy.as_ref() else {
-            return Next::Pause;
-        };
+        let policy = config.policy.as_ref()?;
         let worker = Rc::clone(&self.worker);
         let mut queries = Queries {
             config: &config,
@@ -314,25 +318,24 @@ impl StreamFilter {
             stream,
             phase,
         };
-        let step = self.flow.on_keys_settled(policy, &mut queries);
-        self.execute(stream, phase, step)
+        let step = event(&mut self.flow, policy, &mut queries);
+        Some(self.execute(stream, phase, step))
+    }
+
+    /// Decides again a request that waited for keys. `Continue`: the caller resumes it.
+    fn keys_settled(&mut self, stream: &Stream, phase: Phase) -> Next {
+        self.with_policy(stream, phase, |flow, policy, queries| {
+            flow.on_keys_settled(policy, queries)
+        })
+        .unwrap_or(Next::Pause)
     }
 
     /// Decides again a request that waited for its rate limit service, with the answer.
     fn service_answered(&mut self, stream: &Stream, phase: Phase, reply: &ServiceReply) -> Next {
-        let config = Arc::clone(&self.config);
-        let Some(policy) = config.policy.as_ref() else {
-            return Next::Pause;
-        };
-        let worker = Rc::clone(&self.worker);
-        let mut queries = Queries {
-            config: &config,
-            worker: &worker,
-            stream,
-            phase,
-        };
-        let step = self.flow.on_service_answer(policy, reply, &mut queries);
-        self.execute(stream, phase, step)
+        self.with_policy(stream, phase, |flow, policy, queries| {
+            flow.on_service_answer(policy, reply, queries)
+        })
+        .unwrap_or(Next::Pause)
     }
 
     /// The rate limit service answered the request's call.
@@ -417,43 +420,23 @@ impl StreamFilter {
     }
 
     pub fn on_request_body(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
-        let config = Arc::clone(&self.config);
-        let Some(policy) = config.policy.as_ref() else {
-            return status::BODY_CONTINUE;
-        };
-        let worker = Rc::clone(&self.worker);
         let (buffered, received) = body_view(stream, Phase::Body);
-        let mut queries = Queries {
-            config: &config,
-            worker: &worker,
-            stream,
-            phase: Phase::Body,
-        };
-        let step =
-            self.flow
-                .on_request_body(policy, buffered + received, end_of_stream, &mut queries);
-        match self.execute(stream, Phase::Body, step) {
-            Next::Continue => status::BODY_CONTINUE,
-            Next::Pause => status::BODY_STOP_AND_BUFFER,
+        let next = self.with_policy(stream, Phase::Body, |flow, policy, queries| {
+            flow.on_request_body(policy, buffered + received, end_of_stream, queries)
+        });
+        match next {
+            None | Some(Next::Continue) => status::BODY_CONTINUE,
+            Some(Next::Pause) => status::BODY_STOP_AND_BUFFER,
         }
     }
 
     pub fn on_request_trailers(&mut self, stream: &Stream) -> u32 {
-        let config = Arc::clone(&self.config);
-        let Some(policy) = config.policy.as_ref() else {
-            return status::TRAILERS_CONTINUE;
-        };
-        let worker = Rc::clone(&self.worker);
-        let mut queries = Queries {
-            config: &config,
-            worker: &worker,
-            stream,
-            phase: Phase::Trailers,
-        };
-        let step = self.flow.on_request_trailers(policy, &mut queries);
-        match self.execute(stream, Phase::Trailers, step) {
-            Next::Continue => status::TRAILERS_CONTINUE,
-            Next::Pause => status::TRAILERS_STOP,
+        let next = self.with_policy(stream, Phase::Trailers, |flow, policy, queries| {
+            flow.on_request_trailers(policy, queries)
+        });
+        match next {
+            None | Some(Next::Continue) => status::TRAILERS_CONTINUE,
+            Some(Next::Pause) => status::TRAILERS_STOP,
         }
     }
 

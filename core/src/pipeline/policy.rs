@@ -1658,6 +1658,22 @@ pub enum HeaderChange<'h> {
     Add(&'h [u8], &'h [u8]),
 }
 
+/// What a host that edits header by header does with `changes` (Envoy's dynamic-module
+/// `set_header` with no value removes, `set_header` replaces, `add_header` appends), on a map
+/// held as pairs: the model the tests and the module's fuzz target check changes against.
+pub fn apply_changes<'h>(map: &mut Vec<(&'h [u8], &'h [u8])>, changes: &[HeaderChange<'h>]) {
+    for change in changes {
+        match *change {
+            HeaderChange::Remove(name) => map.retain(|(n, _)| *n != name),
+            HeaderChange::Set(name, value) => {
+                map.retain(|(n, _)| *n != name);
+                map.push((name, value));
+            }
+            HeaderChange::Add(name, value) => map.push((name, value)),
+        }
+    }
+}
+
 /// Changes to a response, in the order: remove, set (replace), append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseEdits<'a> {
