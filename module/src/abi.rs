@@ -69,6 +69,35 @@ pub struct RawHeader {
 }
 
 impl RawHeader {
+    /// A header the module hands Envoy: views of `name` and `value`, read during the call.
+    fn of(name: &[u8], value: &[u8]) -> RawHeader {
+        RawHeader {
+            key_ptr: name.as_ptr().cast(),
+            key_len: name.len(),
+            value_ptr: value.as_ptr().cast(),
+            value_len: value.len(),
+        }
+    }
+
+    /// The name and value Envoy pointed at.
+    ///
+    /// # Safety
+    /// As [`RawBuffer::bytes`], for both views.
+    unsafe fn bytes<'a>(&self) -> (&'a [u8], &'a [u8]) {
+        (
+            RawBuffer {
+                ptr: self.key_ptr,
+                len: self.key_len,
+            }
+            .bytes(),
+            RawBuffer {
+                ptr: self.value_ptr,
+                len: self.value_len,
+            }
+            .bytes(),
+        )
+    }
+
     const EMPTY: RawHeader = RawHeader {
         key_ptr: std::ptr::null(),
         key_len: 0,
@@ -88,20 +117,7 @@ impl<'v> HeaderViews<'v> {
         self.raw.iter().map(|h| {
             // SAFETY: the views Envoy wrote point at its map, unchanged during the visit
             // (`with_header_views`), and live no longer than the visit.
-            unsafe {
-                (
-                    RawBuffer {
-                        ptr: h.key_ptr,
-                        len: h.key_len,
-                    }
-                    .bytes(),
-                    RawBuffer {
-                        ptr: h.value_ptr,
-                        len: h.value_len,
-                    }
-                    .bytes(),
-                )
-            }
+            unsafe { h.bytes() }
         })
     }
 }
@@ -394,12 +410,7 @@ impl ConfigHandle {
     ) -> Result<u64, u32> {
         let raw: Vec<RawHeader> = headers
             .iter()
-            .map(|(name, value)| RawHeader {
-                key_ptr: name.as_ptr().cast(),
-                key_len: name.len(),
-                value_ptr: value.as_ptr().cast(),
-                value_len: value.len(),
-            })
+            .map(|(name, value)| RawHeader::of(name.as_ref(), value.as_ref()))
             .collect();
         let mut id = 0u64;
         // SAFETY: the live config, on the main thread; every buffer is read during the call.
@@ -541,20 +552,7 @@ impl Stream {
             {
                 return None;
             }
-            Some(HeaderPairs::copy_from(raw.iter().map(|h| {
-                (
-                    RawBuffer {
-                        ptr: h.key_ptr,
-                        len: h.key_len,
-                    }
-                    .bytes(),
-                    RawBuffer {
-                        ptr: h.value_ptr,
-                        len: h.value_len,
-                    }
-                    .bytes(),
-                )
-            })))
+            Some(HeaderPairs::copy_from(raw.iter().map(|h| h.bytes())))
         }
     }
 
@@ -618,12 +616,7 @@ impl Stream {
     pub fn send_response(&self, status: u32, headers: &[(Vec<u8>, Vec<u8>)], body: &[u8]) {
         let raw: Vec<RawHeader> = headers
             .iter()
-            .map(|(name, value)| RawHeader {
-                key_ptr: name.as_ptr().cast(),
-                key_len: name.len(),
-                value_ptr: value.as_ptr().cast(),
-                value_len: value.len(),
-            })
+            .map(|(name, value)| RawHeader::of(name.as_ref(), value.as_ref()))
             .collect();
         // SAFETY: the live stream; the headers and the body are read during the call.
         unsafe {
@@ -734,12 +727,7 @@ impl Stream {
     ) -> Result<u64, u32> {
         let raw: Vec<RawHeader> = headers
             .iter()
-            .map(|(name, value)| RawHeader {
-                key_ptr: name.as_ptr().cast(),
-                key_len: name.len(),
-                value_ptr: value.as_ptr().cast(),
-                value_len: value.len(),
-            })
+            .map(|(name, value)| RawHeader::of(name.as_ref(), value.as_ref()))
             .collect();
         let mut id = 0u64;
         // SAFETY: the live stream; every buffer is read during the call.
@@ -814,20 +802,7 @@ unsafe fn callout_answer(
     } else {
         std::slice::from_raw_parts(chunks, chunks_len)
     };
-    let pairs = HeaderPairs::copy_from(headers.iter().map(|h| {
-        (
-            RawBuffer {
-                ptr: h.key_ptr,
-                len: h.key_len,
-            }
-            .bytes(),
-            RawBuffer {
-                ptr: h.value_ptr,
-                len: h.value_len,
-            }
-            .bytes(),
-        )
-    }));
+    let pairs = HeaderPairs::copy_from(headers.iter().map(|h| h.bytes()));
     let body_size = chunks
         .iter()
         .map(|c| c.len)

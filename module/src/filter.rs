@@ -128,17 +128,17 @@ impl FlowQueries for Queries<'_> {
             .token_cache
             .try_borrow_mut()
             .map_err(|_| "token cache busy".to_string())?;
-        let remote_keys = match &self.config.jwks {
-            Some(jwks) => jwks.keys(),
-            None => Arc::new(RemoteKeys::default()),
-        };
+        // Without remote providers there is no snapshot to take: an empty set allocates nothing.
+        let snapshot = self.config.jwks.as_ref().map(|jwks| jwks.keys());
+        let no_keys = RemoteKeys::default();
+        let remote_keys = snapshot.as_deref().unwrap_or(&no_keys);
         let mut env = RequestEnv {
             now_ms,
             verifier: &self.config.verifier,
             token_cache: &mut token_cache,
             shared: shared::store(),
             limiter: self.config.limiter.as_ref(),
-            remote_keys: &remote_keys,
+            remote_keys,
             may_wait_for_keys,
         };
         Ok(decide(&mut env))

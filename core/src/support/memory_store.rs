@@ -2,7 +2,7 @@
 //! tests, the benchmarks and the fuzz targets run the limiter, the replay table and the JWKS
 //! cache on. Never in the filter: built only for tests and with the `testing` feature.
 
-use crate::support::shared_store::{CounterStore, StoreError, INSERT_IF_ABSENT};
+use crate::support::shared_store::{next_cas_token, CounterStore, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -18,13 +18,10 @@ struct MemoryState {
 }
 
 impl MemoryState {
-    /// Like the host: tokens come from a counter and 0 is never one. [`INSERT_IF_ABSENT`] is
+    /// Like the host: tokens come from a counter and 0 is never one. `INSERT_IF_ABSENT` is
     /// skipped too (the host would reach it only after four billion writes).
     fn next_token(&mut self) -> u32 {
-        self.last_token = self.last_token.wrapping_add(1);
-        if self.last_token == 0 || self.last_token == INSERT_IF_ABSENT {
-            self.last_token = 1;
-        }
+        self.last_token = next_cas_token(self.last_token);
         self.last_token
     }
 }

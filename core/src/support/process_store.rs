@@ -10,7 +10,7 @@
 //! table's fixed slots); [`ProcessStore::new`]'s `max_keys` bounds them again, and a new key
 //! past it is refused with [`StoreError::Unavailable`], which fails the request closed.
 
-use crate::support::shared_store::{CounterStore, StoreError, INSERT_IF_ABSENT};
+use crate::support::shared_store::{next_cas_token, CounterStore, StoreError};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,13 +25,10 @@ struct Shard {
 }
 
 impl Shard {
-    /// Tokens come from a counter, as the host's do; 0 and [`INSERT_IF_ABSENT`] are never
+    /// Tokens come from a counter, as the host's do; 0 and `INSERT_IF_ABSENT` are never
     /// handed out.
     fn next_token(&mut self) -> u32 {
-        self.last_token = self.last_token.wrapping_add(1);
-        if self.last_token == 0 || self.last_token == INSERT_IF_ABSENT {
-            self.last_token = 1;
-        }
+        self.last_token = next_cas_token(self.last_token);
         self.last_token
     }
 }
@@ -111,6 +108,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::limits::rate_limit::{shared_seed, LimitKey, Limiter, OnContention, RateLimit};
+    use crate::support::shared_store::INSERT_IF_ABSENT;
     use std::sync::Arc;
 
     #[test]

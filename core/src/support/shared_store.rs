@@ -27,6 +27,15 @@ pub trait CounterStore {
 /// A CAS token the host never issues in practice (it would take four billion writes).
 pub const INSERT_IF_ABSENT: u32 = u32::MAX;
 
+/// The token after `last`, as the host issues them: from a counter, never 0 and never
+/// [`INSERT_IF_ABSENT`] (the stores that mirror the host use it).
+pub fn next_cas_token(last: u32) -> u32 {
+    match last.wrapping_add(1) {
+        0 | INSERT_IF_ABSENT => 1,
+        token => token,
+    }
+}
+
 /// A reference to a store is a store (the replay table borrows the host's).
 impl<T: CounterStore + ?Sized> CounterStore for &T {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
