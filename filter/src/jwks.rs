@@ -141,13 +141,7 @@ fn export_metrics(shared: &Shared) {
 }
 
 fn dispatch_fetch(shared: &Shared, index: usize, now: u64) {
-    let Some(source) = shared
-        .policy
-        .jwt
-        .as_ref()
-        .and_then(|j| j.providers.get(index))
-        .and_then(|p| p.remote.as_ref())
-    else {
+    let Some(source) = jwks_refresh::remote_source(&shared.policy, index) else {
         return;
     };
     // The SDK's call, not a `host` wrapper: its dispatcher must record the token (see `host`).

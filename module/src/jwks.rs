@@ -15,7 +15,7 @@
 
 use crate::abi::{CalloutAnswer, ConfigHandle, ConfigScheduler, StreamScheduler};
 use crate::shared::{self, Metrics};
-use api_guard_core::authn::jwks_refresh::{Command, JwksRefresh};
+use api_guard_core::authn::jwks_refresh::{self, Command, JwksRefresh};
 use api_guard_core::authn::jwt::remote::{HttpReply, RemoteKeys, WaitTicket};
 use api_guard_core::pipeline::policy::Policy;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -228,12 +228,7 @@ impl RemoteJwks {
         index: usize,
         now_ms: u64,
     ) {
-        let Some(source) = policy
-            .jwt
-            .as_ref()
-            .and_then(|j| j.providers.get(index))
-            .and_then(|p| p.remote.as_ref())
-        else {
+        let Some(source) = jwks_refresh::remote_source(policy, index) else {
             return;
         };
         // Envoy 1.40's callout takes `:authority` (proxy-wasm's name, the core's) as the

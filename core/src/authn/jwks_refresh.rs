@@ -95,6 +95,12 @@ fn provider(policy: &Policy, index: usize) -> Option<(&Provider, &RemoteJwks)> {
     Some((provider, provider.remote.as_ref()?))
 }
 
+/// Where provider `index`'s key set is fetched from (`None`: no such provider, or its keys are
+/// inline): what an adapter sends when [`JwksRefresh`] asks it to fetch.
+pub fn remote_source(policy: &Policy, index: usize) -> Option<&RemoteJwks> {
+    provider(policy, index).map(|(_, source)| source)
+}
+
 /// Whether a fetch answer's body of `body_size` bytes is worth copying into the VM (a larger one
 /// is refused unread).
 pub fn reads_body(body_size: usize) -> bool {
