@@ -16,6 +16,11 @@ CLI := target/release/api-guard
 DEMO_KEY := envoy/demo-keys/demo-es256.private.json
 DEMO_ISSUER := https://auth.demo.api-guard.local
 DEMO_AUDIENCE := https://api.demo.api-guard.local
+# Which build the integration tests load: `wasm` (the proxy-wasm filter) or `module` (the dynamic
+# module). `make test-module` runs the suite with `module`; test-fleet, test-prometheus and
+# test-browser take it as well.
+API_GUARD_ADAPTER ?= wasm
+ADAPTER_BUILD := build $(if $(filter module,$(API_GUARD_ADAPTER)),module)
 
 # The browser test and the header scanner (make test-browser): Debian's chromium, npm
 # playwright-core (tests/browser, never `playwright install`: no browser download), PyPI drheader.
@@ -105,9 +110,11 @@ test-envoy: build cli envoy h2 jwcrypto
 	cargo test -p api-guard-envoy-tests
 
 ## test-module: the same integration suite with the dynamic module in place of the wasm filter
-## (API_GUARD_ADAPTER=module; the harness checks Envoy logged the ABI version as matched)
+## (API_GUARD_ADAPTER=module; the harness checks Envoy logged the ABI version as matched), then
+## the Prometheus and browser tests with it
 test-module: module cli envoy h2 jwcrypto
 	API_GUARD_ADAPTER=module cargo test -p api-guard-envoy-tests
+	$(MAKE) test-prometheus test-browser API_GUARD_ADAPTER=module
 
 # The DPoP tests (tests/envoy_dpop.rs) mint their proofs at test time with PyPI jwcrypto: an
 # implementation of RFC 7515/7638 that is not ours.
@@ -145,8 +152,8 @@ test-rules: prometheus-bin
 ## test-prometheus: a real Prometheus on loopback scrapes an Envoy running the filter and is asked,
 ## through its HTTP API, for the series with their labels (an #[ignore]d test of
 ## tests/envoy_metrics.rs, run here with the binary it needs)
-test-prometheus: build envoy prometheus-bin
-	cargo test -p api-guard-envoy-tests --test envoy_metrics -- --ignored
+test-prometheus: $(ADAPTER_BUILD) envoy prometheus-bin
+	API_GUARD_ADAPTER=$(API_GUARD_ADAPTER) cargo test -p api-guard-envoy-tests --test envoy_metrics -- --ignored
 
 ## prometheus: Prometheus on http://127.0.0.1:9090 scraping the demo's admin (start `make run`
 ## first), with the alert rules loaded; its data goes to target/prometheus-demo
@@ -178,8 +185,8 @@ $(DRHEADER):
 ## test-browser: headless Chromium loads pages from an allowed and a disallowed origin and fetches
 ## through Envoy (tests/browser/cors.mjs); drheader scans responses with tests/drheader-rules.yml.
 ## Both are #[ignore]d tests of tests/envoy_cors_errors.rs, run here with what they need.
-test-browser: build envoy chromium $(PLAYWRIGHT) $(DRHEADER)
-	DRHEADER=$(DRHEADER) cargo test -p api-guard-envoy-tests --test envoy_cors_errors -- --ignored
+test-browser: $(ADAPTER_BUILD) envoy chromium $(PLAYWRIGHT) $(DRHEADER)
+	API_GUARD_ADAPTER=$(API_GUARD_ADAPTER) DRHEADER=$(DRHEADER) cargo test -p api-guard-envoy-tests --test envoy_cors_errors -- --ignored
 
 # The Istio image (deploy/oci/build_image.py): an OCI image layout in the "compat" form Istio's
 # image fetcher reads, one gzip tar layer holding plugin.wasm; reproducible (same wasm, same digest).
@@ -256,8 +263,7 @@ limitador-rls: fleet-deps
 ## latency a service limit adds (printed)
 ## API_GUARD_ADAPTER=module runs them against the dynamic module (its calls are HTTP/2 callouts
 ## carrying the gRPC message: grpc_over_http.rs).
-API_GUARD_ADAPTER ?= wasm
-test-fleet: build $(if $(filter module,$(API_GUARD_ADAPTER)),module) envoy limitador-rls
+test-fleet: $(ADAPTER_BUILD) envoy limitador-rls
 	cd tools/limitador-rls && nice cargo test --locked $(if $(filter redis,$(FLEET_ENGINE)),--no-default-features) --test rls_wire
 	API_GUARD_ADAPTER=$(API_GUARD_ADAPTER) FLEET_ENGINE=$(FLEET_ENGINE) cargo test -p api-guard-envoy-tests --test envoy_fleet -- --ignored \
 		--test-threads 1 --nocapture $(if $(filter redis,$(FLEET_ENGINE)),--skip limitador_engine)

@@ -396,8 +396,10 @@ impl Prometheus {
     fn start(admin_port: u16, dir: PathBuf) -> Prometheus {
         let binary = std::env::var("PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".into());
         std::fs::create_dir_all(&dir).unwrap();
+        // The README's relabel for the dynamic module (its series carry Envoy's
+        // `envoy_dynamicmodulescustom_` prefix); the wasm filter's series do not match it.
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{admin_port}']\n"
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{admin_port}']\n  metric_relabel_configs:\n  - source_labels: [__name__]\n    regex: \"{MODULE_PROMETHEUS_PREFIX}(.*)\"\n    target_label: __name__\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let port = free_port();
